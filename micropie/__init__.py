@@ -1,0 +1,38 @@
+"""micropie: a MicroPie-compatible ASGI framework on anyio structured concurrency.
+
+Runs unchanged on asyncio and trio. Every connection lives in its own cancel scope: a client
+that leaves cancels its handler, and nothing a handler started outlives its connection.
+"""
+
+from __future__ import annotations
+
+from .app import DEFAULT_MAX_BODY_SIZE, DEFAULT_MAX_FORM_FIELD_SIZE, App
+from .errors import MultipartFileError
+from .middleware import HttpMiddleware, WebSocketMiddleware
+from .multipart import MULTIPART_INSTALLED
+from .request import Request, WebSocketRequest, current_request
+from .sessions import SESSION_TIMEOUT, InMemorySessionBackend, SessionBackend
+from .templates import JINJA_INSTALLED
+from .websocket import ConnectionClosed, WebSocket
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MAX_BODY_SIZE",
+    "DEFAULT_MAX_FORM_FIELD_SIZE",
+    "JINJA_INSTALLED",
+    "MULTIPART_INSTALLED",
+    "SESSION_TIMEOUT",
+    "App",
+    "ConnectionClosed",
+    "HttpMiddleware",
+    "InMemorySessionBackend",
+    "MultipartFileError",
+    "Request",
+    "SessionBackend",
+    "WebSocket",
+    "WebSocketMiddleware",
+    "WebSocketRequest",
+    "__version__",
+    "current_request",
+]

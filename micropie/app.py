@@ -1,0 +1,319 @@
+"""``App``: the ASGI entry point, and the table of contents of a request.
+
+An HTTP request goes: parse → session → body → middleware → route → bind → call →
+``after_request`` → save the session → respond. Each step is a call into the module that owns
+it. The user's code (middleware, handler, ``after_request``) runs inside a ``ConnectionScope``,
+so a client that leaves cancels it (see ``disconnect``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from . import bodies, redirects, routing, templates
+from .disconnect import ConnectionScope, DisconnectSweeper
+from .errors import ClientDisconnected, HTTPError
+from .lifespan import AppLifetime
+from .middleware import HttpMiddleware, WebSocketMiddleware
+from .request import Request, current_request
+from .responses import (
+    Response,
+    encode_headers,
+    error_response,
+    is_stream,
+    normalise_result,
+    plain_body,
+)
+from .sessions import (
+    SESSION_TIMEOUT,
+    InMemorySessionBackend,
+    SessionBackend,
+    SessionIdFactory,
+    SessionIdValidator,
+    SessionState,
+    generate_session_id,
+    load_session,
+    save_session,
+    validate_session_id,
+)
+from .streaming import send_stream
+from .subapps import hand_over
+from .types import Receive, Scope, Send
+
+__all__ = ["DEFAULT_MAX_BODY_SIZE", "DEFAULT_MAX_FORM_FIELD_SIZE", "App"]
+
+logger = logging.getLogger("micropie")
+
+#: Largest request body accepted by default (16 MiB); bigger ones get 413.
+DEFAULT_MAX_BODY_SIZE = 16 * 1024 * 1024
+#: Largest multipart text field accepted by default (1 MiB); bigger ones get 413.
+DEFAULT_MAX_FORM_FIELD_SIZE = 1024 * 1024
+
+_NOT_FOUND = "404 Not Found"
+
+
+class _Answered(Exception):
+    """A step produced the final response early (an error or a middleware short-circuit)."""
+
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+
+def _positive_or_none(name: str, value: float | None) -> None:
+    if value is not None and value <= 0:
+        raise ValueError(f"{name} must be positive or None")
+
+
+class App:
+    """A MicroPie application: subclass it and add methods; each public method is a route.
+
+    ``/greet/Alice?x=1`` calls ``greet(self, "Alice")`` (parameters bind from path segments,
+    then the query, form fields, JSON keys and uploaded files); ``ws_chat`` answers WebSocket
+    connections at ``/chat``. See the README for the settings below.
+    """
+
+    def __init__(
+        self,
+        session_backend: SessionBackend | None = None,
+        *,
+        body_timeout: float | None = 5.0,
+        max_body_size: int | None = DEFAULT_MAX_BODY_SIZE,
+        max_form_field_size: int | None = DEFAULT_MAX_FORM_FIELD_SIZE,
+        session_timeout: int = SESSION_TIMEOUT,
+        session_cookie_secure: bool = True,
+        session_id_factory: SessionIdFactory = generate_session_id,
+        session_id_validator: SessionIdValidator | None = validate_session_id,
+        template_dir: str = "templates",
+    ) -> None:
+        _positive_or_none("body_timeout", body_timeout)
+        _positive_or_none("max_body_size", max_body_size)
+        _positive_or_none("max_form_field_size", max_form_field_size)
+        if session_timeout <= 0:
+            raise ValueError("session_timeout must be positive")
+        if not callable(session_id_factory):
+            raise ValueError("session_id_factory must be callable")  # noqa: TRY004 - MicroPie's
+        if session_id_validator is not None and not callable(session_id_validator):
+            raise ValueError("session_id_validator must be callable or None")
+        self.session_backend: SessionBackend = session_backend or InMemorySessionBackend()
+        self.body_timeout = body_timeout
+        self.max_body_size = max_body_size
+        self.max_form_field_size = max_form_field_size
+        self.session_timeout = session_timeout
+        self.session_cookie_secure = session_cookie_secure
+        self.session_id_factory = session_id_factory
+        self.session_id_validator = session_id_validator
+        self.middlewares: list[HttpMiddleware] = []
+        self.ws_middlewares: list[WebSocketMiddleware] = []
+        self.startup_handlers: list[Callable[[], Awaitable[Any]]] = []
+        self.shutdown_handlers: list[Callable[[], Awaitable[Any]]] = []
+        self.env = templates.create_environment(template_dir)
+        self._lifetime = AppLifetime(self)
+        self._sweeper = DisconnectSweeper()
+
+    @property
+    def request(self) -> Request:
+        """The request being handled (``LookupError`` outside one)."""
+        return current_request.get()
+
+    @property
+    def _started(self) -> bool:
+        return self._lifetime.started
+
+    # --- ASGI entry ------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "websocket":
+            from .websocket import serve_websocket
+
+            await serve_websocket(self, scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifetime.run(receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope)
+        token = current_request.set(request)
+        try:
+            try:
+                session = await self._prepare(request, receive)
+                async with ConnectionScope(receive, self._sweeper) as connection:
+                    outcome = await self._run_user_code(request)
+                if connection.client_left:
+                    return
+                if request.__dict__.get("_subapp") is not None:
+                    await hand_over(self, request, session, receive, send)
+                    return
+                status, body, headers = outcome
+                cookie = await save_session(self, request, session)
+                if cookie is not None:
+                    headers.append(("Set-Cookie", cookie))
+            except _Answered as answered:
+                await answered.response.send(send)
+                return
+            except ClientDisconnected:
+                return
+            except Exception:
+                logger.exception("Unhandled exception while handling %s", request.path)
+                await error_response(500, "500 Internal Server Error").send(send)
+                return
+            await self._respond(request, receive, send, status, body, headers)
+        finally:
+            current_request.reset(token)
+
+    # --- the steps of a request ------------------------------------------------------------
+
+    async def _prepare(self, request: Request, receive: Receive) -> SessionState:
+        """Session and body: everything read from the client before user code runs."""
+        try:
+            bodies.check_content_length(request, self.max_body_size)
+            session = await load_session(self, request)
+            if request.method in bodies.BODY_METHODS and not request.body_parsed:
+                await self._read_body(request, receive)
+        except HTTPError as error:
+            raise _Answered(error_response(error.status, error.body)) from None
+        return session
+
+    async def _read_body(self, request: Request, receive: Receive) -> None:
+        media_type = bodies.content_type(request)
+        if "multipart/form-data" in media_type:
+            from .multipart import read_multipart
+
+            await read_multipart(self, request, receive, media_type)
+            return
+        body = await bodies.read_body(
+            receive, max_size=self.max_body_size, idle_timeout=self.body_timeout
+        )
+        await bodies.parse_body(request, body, media_type)
+
+    async def _run_user_code(self, request: Request) -> tuple[int, Any, list[Any]]:
+        """Middleware, routing, binding, the handler and ``after_request``."""
+        for middleware in self.middlewares:
+            short_circuit = await middleware.before_request(request)
+            if short_circuit:
+                raise _Answered(self._short_circuit(short_circuit))
+        if request.__dict__.get("_subapp") is not None:
+            return 0, None, []
+        result = await self._call_handler(request)
+        status, body, headers = normalise_result(result)
+        for middleware in self.middlewares:
+            override = await middleware.after_request(request, status, body, headers)
+            if override:
+                status = override.get("status_code", status)
+                body = override.get("body", body)
+                headers = list(override.get("headers", headers))
+        return status, body, headers
+
+    async def _call_handler(self, request: Request) -> Any:
+        try:
+            handler, plan = self._route(request)
+            args, kwargs = await routing.bind_http(plan, request)
+        except HTTPError as error:
+            raise _Answered(error_response(error.status, error.body)) from None
+        try:
+            result = handler(*args, **kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+        except HTTPError as error:
+            raise _Answered(error_response(error.status, error.body)) from None
+        except Exception:
+            logger.exception("Unhandled exception in HTTP handler for %s", request.path)
+            raise _Answered(error_response(500, "500 Internal Server Error")) from None
+        return result
+
+    def _route(self, request: Request) -> tuple[Callable[..., Any], routing.HandlerPlan]:
+        """The handler for this request and its binding plan (``HTTPError(404)`` if none).
+
+        MicroPie's rules: ``/a/b`` → ``a("b")``; an unknown name falls back to ``index``, which
+        then gets every segment if it takes positional parameters; ``_private`` and ``ws_``
+        names are not routes unless middleware named one in ``request._route_handler``.
+        """
+        path = request.path.lstrip("/")
+        segments = path.split("/") if path else []
+        name = request.__dict__.get("_route_handler")
+        if name is None:
+            name = segments[0] if segments else "index"
+            if name.startswith(("_", "ws_")):
+                raise HTTPError(404, _NOT_FOUND)
+        if not request.path_params:
+            request.path_params = segments[1:]
+        found = routing.resolve_handler(self, name, App)
+        if found is routing.Lookup.MISSING:
+            name, found = "index", routing.resolve_handler(self, "index", App)
+        if isinstance(found, routing.Lookup):
+            raise HTTPError(404, _NOT_FOUND)
+        raw, handler = found
+        plan = routing.plan_for(raw, handler)
+        if name == "index" and path and path != "index":
+            if not plan.accepts_positional:
+                raise HTTPError(404, _NOT_FOUND)
+            request.path_params = segments
+        return handler, plan
+
+    def _short_circuit(self, result: dict[str, Any]) -> Response:
+        status, body, headers = normalise_result(
+            (result.get("status_code", 200), result.get("body", ""), result.get("headers", []))
+        )
+        return Response(status, encode_headers(headers), plain_body(body))
+
+    async def _respond(
+        self,
+        request: Request,
+        receive: Receive,
+        send: Send,
+        status: int,
+        body: Any,
+        headers: list[Any],
+    ) -> None:
+        if is_stream(body):
+            await send_stream(send, receive, status, encode_headers(headers), body, request.path)
+        else:
+            await Response(status, encode_headers(headers), plain_body(body)).send(send)
+
+    # --- helpers users call ----------------------------------------------------------------
+
+    def _redirect(
+        self, location: str, extra_headers: list[tuple[str, str]] | None = None
+    ) -> tuple[int, str, list[tuple[str, str]]]:
+        """``(302, "", [("Location", <encoded location>), *extra_headers])``."""
+        return 302, "", [("Location", redirects.encode_location(location)), *(extra_headers or [])]
+
+    async def _render_template(self, name: str, **context: Any) -> str:
+        """Render a Jinja2 template from the template folder (autoescaped for html/xml)."""
+        return await templates.render(self.env, name, context)
+
+    # --- lifetime and serving --------------------------------------------------------------
+
+    def start_soon(self, function: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``function(*args)`` in the background for as long as the app lives."""
+        self._lifetime.start_soon(function, *args)
+
+    async def start(self, function: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """Like ``start_soon``, but wait until the task calls ``task_status.started(value)``."""
+        return await self._lifetime.start(function, *args)
+
+    async def serve(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        task_status: anyio.abc.TaskStatus[Any] = anyio.TASK_STATUS_IGNORED,
+        **options: Any,
+    ) -> None:
+        """Serve this app with hypercorn inside the caller's trio or asyncio program."""
+        from .serving import serve
+
+        await serve(self, host=host, port=port, task_status=task_status, **options)
+
+    def run(self, *, host: str = "127.0.0.1", port: int = 8000, **options: Any) -> None:
+        """Serve this app with hypercorn until interrupted (for scripts)."""
+        from .serving import run
+
+        run(self, host=host, port=port, **options)

@@ -1,0 +1,138 @@
+"""The app's own lifetime: lifespan events and the task group that outlives every request.
+
+The ASGI lifespan call runs for as long as the server serves the app. It opens the app's task
+group, which holds the disconnect sweeper (see ``disconnect``) and the background tasks started
+with ``app.start_soon``/``app.start``; then runs ``startup_handlers`` in order, reports, waits
+for shutdown, runs ``shutdown_handlers``, and cancels whatever background work is left.
+
+A background task that fails is logged and does not take the app down. A startup handler that
+fails is logged and reported as ``lifespan.startup.failed`` with its message, so the server
+refuses to start.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+
+from .types import Receive, Send
+
+if TYPE_CHECKING:
+    from .app import App
+
+__all__ = ["AppLifetime"]
+
+logger = logging.getLogger("micropie")
+
+
+async def _call(handler: Callable[[], Any]) -> None:
+    """Run a lifespan handler, sync or async (MicroPie 0.32 failed on sync ones)."""
+    result = handler()
+    if inspect.isawaitable(result):
+        await result
+
+
+class AppLifetime:
+    """Owns the lifespan protocol and the app-wide task group for one ``App``."""
+
+    def __init__(self, app: App) -> None:
+        self._app = app
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self.started = False
+
+    async def run(self, receive: Receive, send: Send) -> None:
+        """Serve the lifespan protocol until shutdown (the ASGI ``lifespan`` call)."""
+        async with anyio.create_task_group() as task_group:
+            self._task_group = task_group
+            try:
+                await task_group.start(self._app._sweeper.run)
+                await self._converse(receive, send)
+            finally:
+                self._task_group = None
+                task_group.cancel_scope.cancel()
+
+    async def _converse(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    if not self.started:
+                        for handler in self._app.startup_handlers:
+                            await _call(handler)
+                        self.started = True
+                except Exception as error:
+                    logger.exception("Application startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(error)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                try:
+                    if self.started:
+                        for handler in self._app.shutdown_handlers:
+                            await _call(handler)
+                        self.started = False
+                except Exception as error:
+                    logger.exception("Application shutdown failed")
+                    await send({"type": "lifespan.shutdown.failed", "message": str(error)})
+                    return
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def _running_group(self) -> anyio.abc.TaskGroup:
+        if self._task_group is None:
+            raise RuntimeError(
+                "the app is not running: background tasks need the ASGI lifespan "
+                "(serve the app with hypercorn or app.serve(), or use micropie.testing.TestClient "
+                "as 'async with')"
+            )
+        return self._task_group
+
+    def start_soon(self, function: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        self._running_group().start_soon(_logged, function, args, name=_name_of(function))
+
+    async def start(self, function: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        return await self._running_group().start(_logged_with_status, function, args)
+
+
+def _name_of(function: Callable[..., Any]) -> str:
+    return getattr(function, "__qualname__", repr(function))
+
+
+async def _logged(function: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
+    try:
+        await function(*args)
+    except Exception:
+        logger.exception("Background task %s failed", _name_of(function))
+
+
+class _ReportingStatus:
+    """Forwards ``started()`` and remembers that it happened."""
+
+    def __init__(self, inner: anyio.abc.TaskStatus[Any]) -> None:
+        self._inner = inner
+        self.started_called = False
+
+    def started(self, value: Any = None) -> None:
+        self.started_called = True
+        self._inner.started(value)
+
+
+async def _logged_with_status(
+    function: Callable[..., Awaitable[Any]],
+    args: tuple[Any, ...],
+    *,
+    task_status: anyio.abc.TaskStatus[Any] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """A failure before ``started()`` reaches the caller of ``start``; after it, the log."""
+    status = _ReportingStatus(task_status)
+    try:
+        await function(*args, task_status=status)
+    except Exception:
+        if not status.started_called:
+            raise
+        logger.exception("Background task %s failed", _name_of(function))

@@ -1,0 +1,166 @@
+"""The request objects handlers see, and the parsing of what arrives in the ASGI scope.
+
+``Request(scope)`` works on its own, with a minimal scope (``type``, ``method``, ``path``,
+``headers``; even ``query_string`` may be missing). Headers, cookies and the query string are
+parsed on first use, so a request that never looks at them never pays for them.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import Any
+from urllib.parse import parse_qs
+
+from .types import Scope
+
+__all__ = ["Headers", "Request", "WebSocketRequest", "current_request", "parse_urlencoded"]
+
+#: The request being handled by the current task. There is no default: ``get()`` outside a
+#: request raises ``LookupError``, as in MicroPie.
+current_request: ContextVar[Request] = ContextVar("current_request")
+
+
+def parse_urlencoded(text: str) -> dict[str, list[str]]:
+    """Parse a query string or urlencoded body as leniently as MicroPie does.
+
+    Blank values and bare keys are dropped, bad ``%`` escapes are kept as they are, invalid
+    UTF-8 in escapes becomes U+FFFD. This is ``urllib.parse.parse_qs`` with its defaults.
+    """
+    if not text:
+        return {}
+    return parse_qs(text)
+
+
+class Headers(dict[str, str]):
+    """Request headers: lower-case names, case-insensitive lookup.
+
+    A header sent several times is combined into one value, ``cookie`` with ``"; "`` and every
+    other header with ``", "`` (RFC 9110 §5.3; MicroPie 0.32 kept only the last one).
+    """
+
+    @classmethod
+    def from_raw(cls, raw: list[tuple[bytes, bytes]] | Any) -> Headers:
+        headers = cls()
+        for raw_name, raw_value in raw:
+            name = raw_name.decode("latin-1").lower()
+            value = raw_value.decode("utf-8", "replace")
+            previous = headers.get(name)
+            if previous is None:
+                dict.__setitem__(headers, name, value)
+            else:
+                separator = "; " if name == "cookie" else ", "
+                dict.__setitem__(headers, name, previous + separator + value)
+        return headers
+
+    def __getitem__(self, name: str) -> str:
+        return dict.__getitem__(self, name.lower())
+
+    def __contains__(self, name: object) -> bool:
+        return dict.__contains__(self, name.lower() if isinstance(name, str) else name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return dict.get(self, name.lower(), default)
+
+
+def parse_cookies(header: str) -> dict[str, str]:
+    """Split a ``Cookie`` header the way MicroPie does: no unquoting, the last duplicate wins."""
+    cookies: dict[str, str] = {}
+    for pair in header.split(";"):
+        name, sep, value = pair.strip().partition("=")
+        if sep:
+            cookies[name] = value
+    return cookies
+
+
+class Request:
+    """An HTTP request: what the client sent, plus the session and the parsed body.
+
+    MicroPie attributes: ``scope``, ``method``, ``path_params`` (list), ``query_params`` and
+    ``body_params`` (dicts of lists), ``files``, ``session`` (dict), ``headers``. Beyond MicroPie:
+    ``path``, ``body`` (the raw bytes, for signature checks and other payloads), ``cookies`` and
+    ``client``. Middleware may set ``_route_handler``/``path_params`` to route explicitly and
+    ``_subapp``/``_subapp_path`` to hand the request to another ASGI app.
+    """
+
+    def __init__(self, scope: Scope) -> None:
+        self.scope = scope
+        self.method: str = scope.get("method", "")
+        self.path_params: list[str] = []
+        self.body_params: dict[str, list[str]] = scope.get("body_params", {})
+        self.files: dict[str, Any] = scope.get("files", {})
+        self.session: dict[str, Any] = scope.get("session", {})
+        self.body: bytes = b""
+        self.body_parsed: bool = scope.get("body_parsed", False)
+        self._json: Any = scope.get("json_body", {})
+        self._regenerate_session = False
+        self._headers: Headers | None = None
+        self._query_params: dict[str, list[str]] | None = None
+        self._cookies: dict[str, str] | None = None
+
+    @property
+    def path(self) -> str:
+        """The path as the server decoded it (``%2F`` is already a ``/``)."""
+        return str(self.scope.get("path", "/"))
+
+    @property
+    def client(self) -> tuple[str, int] | None:
+        """The peer's ``(host, port)``, when the server tells."""
+        client = self.scope.get("client")
+        return (client[0], client[1]) if client else None
+
+    @property
+    def headers(self) -> Headers:
+        if self._headers is None:
+            self._headers = Headers.from_raw(self.scope.get("headers", ()))
+        return self._headers
+
+    @headers.setter
+    def headers(self, value: Headers) -> None:
+        self._headers = value
+
+    @property
+    def query_params(self) -> dict[str, list[str]]:
+        if self._query_params is None:
+            raw = self.scope.get("query_string", b"")
+            self._query_params = parse_urlencoded(raw.decode("utf-8", "ignore")) if raw else {}
+        return self._query_params
+
+    @query_params.setter
+    def query_params(self, value: dict[str, list[str]]) -> None:
+        self._query_params = value
+
+    @property
+    def cookies(self) -> dict[str, str]:
+        if self._cookies is None:
+            header = self.headers.get("cookie")
+            self._cookies = parse_cookies(header) if header else {}
+        return self._cookies
+
+    def query(self, name: str, default: Any = None) -> Any:
+        """The first value of query parameter ``name``, or ``default``."""
+        values = self.query_params.get(name)
+        return values[0] if values else default
+
+    def form(self, name: str, default: Any = None) -> Any:
+        """The first value of form field ``name`` (urlencoded or multipart text, never JSON)."""
+        values = self.body_params.get(name)
+        return values[0] if values else default
+
+    def json(self, name: str | None = None, default: Any = None) -> Any:
+        """The parsed JSON body (``{}`` when there was none), or one key of a JSON object."""
+        if name is None:
+            return self._json
+        if isinstance(self._json, dict):
+            return self._json.get(name, default)
+        return default
+
+    def regenerate_session(self) -> None:
+        """Give the session a fresh id when it is saved (do this after a login)."""
+        self._regenerate_session = True
+
+
+class WebSocketRequest(Request):
+    """The request behind a WebSocket connection (``self.request`` inside a ``ws_`` handler)."""
+
+    def regenerate_session(self) -> None:
+        raise RuntimeError("Session regeneration is only available for HTTP requests")

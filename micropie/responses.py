@@ -1,0 +1,141 @@
+"""From what a handler returns to ASGI messages.
+
+A handler returns a body, ``(status, body)`` or ``(status, body, headers)``. Bodies: ``str``
+(UTF-8), ``bytes``, ``dict``/``list`` (JSON), ``None`` (empty), or an iterable / async iterable
+to stream. Plain bodies are sent with ``Content-Length``; streams are sent chunk by chunk (see
+``streaming``).
+
+Header lists are always copied (MicroPie 0.32 appended to the caller's list, leaking one user's
+``Set-Cookie`` into the next response). A header that could split the response (CR, LF, NUL or
+another control character), that is not latin-1, or whose name is not an HTTP token is dropped
+with a warning; the warning names the header, never its value, which may be a secret.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from . import json_codec
+from .types import RawHeaders, Send
+
+__all__ = [
+    "Response",
+    "encode_headers",
+    "error_response",
+    "is_stream",
+    "normalise_result",
+    "plain_body",
+]
+
+logger = logging.getLogger("micropie")
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FORBIDDEN_IN_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_DEFAULT_CONTENT_TYPE = (b"Content-Type", b"text/html; charset=utf-8")
+_JSON_CONTENT_TYPE = ("Content-Type", "application/json")
+
+
+def _encode(part: Any, what: str, name: Any) -> bytes | None:
+    if isinstance(part, bytes):
+        return part
+    try:
+        return str(part).encode("latin-1")
+    except UnicodeEncodeError:
+        logger.warning("Rejected response header outside latin-1: %r (%s)", name, what)
+        return None
+
+
+def encode_headers(headers: Iterable[tuple[Any, Any]]) -> RawHeaders:
+    """Sanitised raw headers, with ``text/html; charset=utf-8`` appended when no type was set."""
+    raw: RawHeaders = []
+    has_content_type = False
+    for name, value in headers:
+        raw_name = _encode(name, "name", name)
+        raw_value = _encode(value, "value", name)
+        if raw_name is None or raw_value is None:
+            continue
+        if not _TOKEN.fullmatch(raw_name):
+            logger.warning("Rejected response header with an invalid name: %r", name)
+            continue
+        if _FORBIDDEN_IN_VALUE.search(raw_value):
+            logger.warning("Rejected response header containing a newline or control: %r", name)
+            continue
+        if raw_name.lower() == b"content-type":
+            has_content_type = True
+        raw.append((raw_name, raw_value))
+    if not has_content_type:
+        raw.append(_DEFAULT_CONTENT_TYPE)
+    return raw
+
+
+def has_content_type(headers: Iterable[tuple[Any, Any]]) -> bool:
+    for name, _ in headers:
+        key = name if isinstance(name, str) else bytes(name).decode("latin-1")
+        if key.lower() == "content-type":
+            return True
+    return False
+
+
+def normalise_result(result: Any) -> tuple[int, Any, list[Any]]:
+    """``(status, body, headers)`` from a handler's return value, JSON already encoded.
+
+    ``headers`` is a fresh list that middleware may mutate. A malformed return value raises
+    ``TypeError``, which the app turns into a logged 500.
+    """
+    if isinstance(result, tuple):
+        if len(result) < 2:
+            raise TypeError(f"a handler returned a tuple of {len(result)} item(s)")
+        status, body = result[0], result[1]
+        headers = list(result[2]) if len(result) > 2 and result[2] else []
+    else:
+        status, body, headers = 200, result, []
+    if type(status) is not int:
+        raise TypeError(f"status must be an int, not {type(status).__name__}")
+    if isinstance(body, dict | list):
+        body = json_codec.dumps(body)
+        if not has_content_type(headers):
+            headers.append(_JSON_CONTENT_TYPE)
+    return status, body, headers
+
+
+def is_stream(body: Any) -> bool:
+    """Whether ``body`` is sent chunk by chunk (async or sync iterables, not text or bytes)."""
+    if isinstance(body, str | bytes | bytearray | memoryview | dict | list) or body is None:
+        return False
+    return isinstance(body, AsyncIterable | Iterable)
+
+
+def plain_body(body: Any) -> bytes:
+    """The bytes of a non-streamed body (``None`` is empty, as SPEC B11 fixes)."""
+    if isinstance(body, bytes):
+        return body
+    if isinstance(body, str):
+        return body.encode("utf-8")
+    if body is None:
+        return b""
+    if isinstance(body, bytearray | memoryview):
+        return bytes(body)
+    return str(body).encode("utf-8")
+
+
+@dataclass(slots=True)
+class Response:
+    """A complete plain response, ready to send."""
+
+    status: int
+    headers: RawHeaders
+    body: bytes
+
+    async def send(self, send: Send) -> None:
+        self.headers.append((b"content-length", str(len(self.body)).encode("ascii")))
+        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+        await send({"type": "http.response.body", "body": self.body, "more_body": False})
+
+
+def error_response(status: int, text: str) -> Response:
+    """One of MicroPie's plain-text error answers (``404 Not Found`` and friends)."""
+    return Response(status, [_DEFAULT_CONTENT_TYPE], text.encode("utf-8"))

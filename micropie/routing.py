@@ -1,0 +1,250 @@
+"""From a path to a handler, and from a request to the handler's arguments.
+
+Routing is MicroPie's: ``/a/b/c`` calls ``a("b", "c")``, ``/`` calls ``index``, an unknown name
+falls back to ``index`` when it takes positional parameters. Only callables a subclass defines
+are routes: names starting with ``_`` or ``ws_``, anything the ``App`` base class itself defines
+(``serve``, ``run``, ``request`` …), properties and other data attributes are never routes, and
+looking a name up never evaluates a property.
+
+Binding inspects a handler's signature once (``HandlerPlan``, cached per function) and then fills
+each parameter from the first source that has it: path segment, query, form field, JSON key,
+uploaded file, default. Session values never bind: they are trusted state, read them from
+``self.request.session``.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import HTTPError
+
+__all__ = ["HandlerPlan", "Lookup", "Parameter", "bind_http", "plan_for", "resolve_handler"]
+
+_MISSING: Any = object()
+_PLAN_CACHE_LIMIT = 4096
+_plans: dict[Any, HandlerPlan] = {}
+
+
+class Lookup(enum.Enum):
+    """Why a name is not a route: nothing by that name, or something that is not a handler."""
+
+    MISSING = "missing"
+    NOT_A_ROUTE = "not a route"
+
+
+def _static_attribute(owner: object, name: str, base: type) -> Any:
+    """Find ``name`` on ``owner`` without running descriptors (like ``inspect.getattr_static``).
+
+    Attributes of the framework's own ``base`` class count as missing: they are never routes,
+    and a path such as ``/run`` reaches ``index("run")`` just as it did in MicroPie.
+    """
+    class_attribute: Any = Lookup.MISSING
+    for klass in type(owner).__mro__:
+        if name in klass.__dict__:
+            if klass is not base and klass is not object:
+                class_attribute = klass.__dict__[name]
+            break
+    if class_attribute is not Lookup.MISSING:
+        kind = type(class_attribute)
+        if hasattr(kind, "__set__") or hasattr(kind, "__delete__"):
+            return class_attribute  # data descriptors win over the instance dict
+    return getattr(owner, "__dict__", {}).get(name, class_attribute)
+
+
+def _is_route_like(attribute: Any) -> bool:
+    """Whether a raw attribute may be a handler: callables and non-data descriptors of them."""
+    kind = type(attribute)
+    if isinstance(attribute, property) or hasattr(kind, "__set__") or hasattr(kind, "__delete__"):
+        return False
+    return callable(attribute) or hasattr(kind, "__get__")
+
+
+def resolve_handler(
+    owner: object, name: str, base: type
+) -> tuple[Any, Callable[..., Any]] | Lookup:
+    """Return ``(raw attribute, bound callable)`` for route ``name``, or why there is none.
+
+    The raw attribute is stable across requests (a ``partialmethod`` makes a new bound object on
+    every access), so it keys the signature cache. A property is never evaluated.
+    """
+    raw = _static_attribute(owner, name, base)
+    if raw is Lookup.MISSING:
+        return Lookup.MISSING
+    if not _is_route_like(raw):
+        return Lookup.NOT_A_ROUTE
+    if isinstance(raw, types.FunctionType):
+        return raw, types.MethodType(raw, owner)
+    try:
+        handler = getattr(owner, name)
+    except Exception:
+        return Lookup.NOT_A_ROUTE
+    return (raw, handler) if callable(handler) else Lookup.NOT_A_ROUTE
+
+
+# --- signatures ------------------------------------------------------------------------------
+
+
+def _coerce_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(text)
+
+
+_COERCERS: dict[Any, Callable[[str], Any]] = {int: int, float: float, bool: _coerce_bool}
+
+
+def _coercer_for(annotation: Any) -> Callable[[str], Any] | None:
+    """A converter for ``int``/``float``/``bool`` annotations (also ``X | None``), else ``None``."""
+    if annotation in _COERCERS:
+        return _COERCERS[annotation]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        if len(members) == 1:
+            return _COERCERS.get(members[0])
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Parameter:
+    name: str
+    kind: inspect._ParameterKind
+    default: Any
+    coerce: Callable[[str], Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerPlan:
+    """What binding needs to know about a handler, worked out once per function."""
+
+    parameters: tuple[Parameter, ...]
+    accepts_positional: bool
+    var_keyword: bool
+    is_coroutine: bool
+
+
+def _signature(handler: Callable[..., Any]) -> inspect.Signature:
+    try:
+        return inspect.signature(handler, eval_str=True)
+    except Exception:  # unresolvable string annotations: bind without coercion
+        return inspect.signature(handler)
+
+
+def plan_for(raw: Any, handler: Callable[..., Any]) -> HandlerPlan:
+    """The cached ``HandlerPlan`` for ``handler`` (keyed by its stable raw attribute)."""
+    plan = _plans.get(raw)
+    if plan is not None:
+        return plan
+    parameters = tuple(
+        Parameter(p.name, p.kind, p.default, _coercer_for(p.annotation))
+        for p in _signature(handler).parameters.values()
+    )
+    positional = {inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD}
+    plan = HandlerPlan(
+        parameters=parameters,
+        accepts_positional=any(
+            p.kind in positional or p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters
+        ),
+        var_keyword=any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters),
+        is_coroutine=inspect.iscoroutinefunction(handler),
+    )
+    if len(_plans) >= _PLAN_CACHE_LIMIT:  # handlers replaced at run time: never grow unbounded
+        _plans.clear()
+    _plans[raw] = plan
+    return plan
+
+
+# --- binding ---------------------------------------------------------------------------------
+
+
+def _from_request(request: Any, name: str) -> Any:
+    """A named value from query, form, JSON object or files, in MicroPie's order."""
+    values = request.query_params.get(name)
+    if values:
+        return values[0]
+    values = request.body_params.get(name)
+    if values:
+        return values[0]
+    body = request._json
+    if isinstance(body, dict) and name in body:
+        return body[name]
+    return request.files.get(name, _MISSING)
+
+
+def _coerced(parameter: Parameter, value: Any) -> Any:
+    if parameter.coerce is None or not isinstance(value, str):
+        return value
+    try:
+        return parameter.coerce(value)
+    except ValueError:
+        raise HTTPError(
+            400, f"400 Bad Request: Invalid value for parameter '{parameter.name}'"
+        ) from None
+
+
+async def bind_http(
+    plan: HandlerPlan, request: Any, wait_for: Callable[[str], Any] | None = None
+) -> tuple[list[Any], dict[str, Any]]:
+    """Positional and keyword arguments for an HTTP handler, or ``HTTPError(400)``.
+
+    ``wait_for`` (set while a multipart body is still arriving) is awaited for a parameter no
+    source has yet: it returns the field or file once it arrives, or ``_MISSING``.
+    """
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    path = request.path_params
+    position = 0
+    used: set[str] = set()
+    for parameter in plan.parameters:
+        kind = parameter.kind
+        if kind is inspect.Parameter.VAR_POSITIONAL:
+            args.extend(path[position:])
+            position = len(path)
+            continue
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            continue
+        if position < len(path):
+            value = path[position]
+            position += 1
+        else:
+            value = _from_request(request, parameter.name)
+            if value is _MISSING and wait_for is not None:
+                value = await wait_for(parameter.name)
+        if value is _MISSING:
+            if parameter.default is inspect.Parameter.empty:
+                raise HTTPError(
+                    400, f"400 Bad Request: Missing required parameter '{parameter.name}'"
+                )
+            value = parameter.default
+        else:
+            value = _coerced(parameter, value)
+        used.add(parameter.name)
+        if kind is inspect.Parameter.KEYWORD_ONLY:
+            kwargs[parameter.name] = value
+        else:
+            args.append(value)
+    if plan.var_keyword:
+        for name in _request_names(request):
+            if name not in used and name not in kwargs:
+                value = _from_request(request, name)
+                if value is not _MISSING:
+                    kwargs[name] = value
+    return args, kwargs
+
+
+def _request_names(request: Any) -> list[str]:
+    """Every name the request supplies, in source order, without duplicates."""
+    names = [name for name, values in request.query_params.items() if values]
+    names += request.body_params
+    if isinstance(request._json, dict):
+        names += request._json
+    names += request.files
+    return list(dict.fromkeys(names))

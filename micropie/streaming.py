@@ -1,0 +1,99 @@
+"""Sending a streamed body while watching for the client to leave.
+
+A stream gets its own task group at once (streams are long-lived, so the cost does not
+matter): a watcher task reads ``receive()`` and, when the client leaves, cancels the stream.
+Then the body's iterator is closed, so an async generator's ``finally`` runs (``aclose()`` is
+awaited, with a bounded grace period) and a sync generator's ``close()`` runs in its worker
+thread. Sync iterables are advanced with ``anyio.to_thread`` so that a blocking ``next()`` never
+stalls the event loop.
+
+A body that raises mid-stream is logged once and the response is left unfinished (no final
+empty chunk), so the client sees a broken stream rather than a clean but truncated end.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, Iterator
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from .concurrency import collapse_excgroups
+from .disconnect import watch_for_disconnect
+from .types import RawHeaders, Receive, Send
+
+__all__ = ["CLOSE_GRACE", "send_stream"]
+
+logger = logging.getLogger("micropie")
+
+#: Seconds an async generator's cleanup may take after its client left.
+CLOSE_GRACE = 5.0
+
+_EXHAUSTED: Any = object()
+
+
+def _encode_chunk(chunk: Any) -> bytes:
+    if isinstance(chunk, bytes):
+        return chunk
+    if isinstance(chunk, str):
+        return chunk.encode("utf-8")
+    if isinstance(chunk, bytearray | memoryview):
+        return bytes(chunk)
+    raise TypeError(f"a streamed chunk must be str or bytes, not {type(chunk).__name__}")
+
+
+async def _chunks_of(body: Any) -> AsyncGenerator[Any, None]:
+    """Iterate an async or sync iterable; sync ``next()`` runs in a worker thread."""
+    if hasattr(body, "__aiter__"):
+        async for chunk in body:
+            yield chunk
+        return
+    iterator: Iterator[Any] = iter(body)
+    while True:
+        chunk = await anyio.to_thread.run_sync(next, iterator, _EXHAUSTED)
+        if chunk is _EXHAUSTED:
+            return
+        yield chunk
+
+
+async def _close(body: Any) -> None:
+    """Close the body's generator so its ``finally`` runs, whatever ended the stream."""
+    with anyio.move_on_after(CLOSE_GRACE, shield=True):
+        aclose = getattr(body, "aclose", None)
+        if aclose is not None:
+            await aclose()
+            return
+        close = getattr(body, "close", None)
+        if close is not None:
+            await anyio.to_thread.run_sync(close)
+
+
+async def send_stream(
+    send: Send, receive: Receive, status: int, headers: RawHeaders, body: Any, path: str
+) -> None:
+    """Send ``body`` chunk by chunk; stop at once when the client leaves."""
+    with collapse_excgroups():
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(watch_for_disconnect, receive, task_group.cancel_scope)
+            try:
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                chunks = _chunks_of(body)
+                try:
+                    async for chunk in chunks:
+                        data = _encode_chunk(chunk)
+                        if data:
+                            await send(
+                                {"type": "http.response.body", "body": data, "more_body": True}
+                            )
+                finally:
+                    await chunks.aclose()
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            except Exception:
+                logger.exception(
+                    "Streaming response for %s failed; the stream is left broken", path
+                )
+            finally:
+                await _close(body)
+                task_group.cancel_scope.cancel()
