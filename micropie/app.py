@@ -17,10 +17,11 @@ import anyio
 import anyio.abc
 
 from . import bodies, redirects, routing, templates
-from .disconnect import ConnectionScope, DisconnectSweeper
+from .disconnect import Connection, ConnectionScope, DisconnectSweeper
 from .errors import ClientDisconnected, HTTPError
 from .lifespan import AppLifetime
 from .middleware import HttpMiddleware, WebSocketMiddleware
+from .multipart import open_multipart
 from .request import Request, current_request
 from .responses import (
     Response,
@@ -30,6 +31,7 @@ from .responses import (
     normalise_result,
     plain_body,
 )
+from .routing import PendingForm
 from .sessions import (
     SESSION_TIMEOUT,
     InMemorySessionBackend,
@@ -54,6 +56,12 @@ logger = logging.getLogger("micropie")
 DEFAULT_MAX_BODY_SIZE = 16 * 1024 * 1024
 #: Largest multipart text field accepted by default (1 MiB); bigger ones get 413.
 DEFAULT_MAX_FORM_FIELD_SIZE = 1024 * 1024
+#: Most parts (fields and files) one multipart body may have; more get 413.
+DEFAULT_MAX_MULTIPART_PARTS = 1000
+#: Most files one multipart body may carry; more get 413.
+DEFAULT_MAX_MULTIPART_FILES = 1000
+#: Largest WebSocket message a handler receives (1 MiB); a bigger one closes with 1009.
+DEFAULT_WS_MAX_MESSAGE_SIZE = 1024 * 1024
 
 _NOT_FOUND = "404 Not Found"
 
@@ -90,10 +98,16 @@ class App:
         session_id_factory: SessionIdFactory = generate_session_id,
         session_id_validator: SessionIdValidator | None = validate_session_id,
         template_dir: str = "templates",
+        max_multipart_parts: int | None = DEFAULT_MAX_MULTIPART_PARTS,
+        max_multipart_files: int | None = DEFAULT_MAX_MULTIPART_FILES,
+        ws_max_message_size: int | None = DEFAULT_WS_MAX_MESSAGE_SIZE,
     ) -> None:
         _positive_or_none("body_timeout", body_timeout)
         _positive_or_none("max_body_size", max_body_size)
         _positive_or_none("max_form_field_size", max_form_field_size)
+        _positive_or_none("max_multipart_parts", max_multipart_parts)
+        _positive_or_none("max_multipart_files", max_multipart_files)
+        _positive_or_none("ws_max_message_size", ws_max_message_size)
         if session_timeout <= 0:
             raise ValueError("session_timeout must be positive")
         if not callable(session_id_factory):
@@ -104,6 +118,9 @@ class App:
         self.body_timeout = body_timeout
         self.max_body_size = max_body_size
         self.max_form_field_size = max_form_field_size
+        self.max_multipart_parts = max_multipart_parts
+        self.max_multipart_files = max_multipart_files
+        self.ws_max_message_size = ws_max_message_size
         self.session_timeout = session_timeout
         self.session_cookie_secure = session_cookie_secure
         self.session_id_factory = session_id_factory
@@ -143,9 +160,9 @@ class App:
         token = current_request.set(request)
         try:
             try:
-                session = await self._prepare(request, receive)
-                async with ConnectionScope(receive, self._sweeper) as connection:
-                    outcome = await self._run_user_code(request)
+                session, connection = await self._prepare(request, receive)
+                async with connection:
+                    outcome = await self._run_user_code(request, connection.form)
                 if connection.client_left:
                     return
                 if request.__dict__.get("_subapp") is not None:
@@ -157,6 +174,9 @@ class App:
                     headers.append(("Set-Cookie", cookie))
             except _Answered as answered:
                 await answered.response.send(send)
+                return
+            except HTTPError as error:
+                await error_response(error.status, error.body).send(send)
                 return
             except ClientDisconnected:
                 return
@@ -170,38 +190,37 @@ class App:
 
     # --- the steps of a request ------------------------------------------------------------
 
-    async def _prepare(self, request: Request, receive: Receive) -> SessionState:
-        """Session and body: everything read from the client before user code runs."""
-        try:
-            bodies.check_content_length(request, self.max_body_size)
-            session = await load_session(self, request)
-            if request.method in bodies.BODY_METHODS and not request.body_parsed:
-                await self._read_body(request, receive)
-        except HTTPError as error:
-            raise _Answered(error_response(error.status, error.body)) from None
-        return session
+    async def _prepare(self, request: Request, receive: Receive) -> tuple[SessionState, Connection]:
+        """Session and body: what is read before user code runs, and the scope it runs in.
 
-    async def _read_body(self, request: Request, receive: Receive) -> None:
-        media_type = bodies.content_type(request)
-        if "multipart/form-data" in media_type:
-            from .multipart import read_multipart
+        A multipart body is not read here: its parser starts with the connection and the
+        handler may run while the upload is still arriving.
+        """
+        bodies.check_content_length(request, self.max_body_size)
+        session = await load_session(self, request)
+        if request.method in bodies.BODY_METHODS and not request.body_parsed:
+            media_type = bodies.content_type(request)
+            if "multipart/form-data" in media_type:
+                return session, open_multipart(self, request, receive)
+            body = await bodies.read_body(
+                receive, max_size=self.max_body_size, idle_timeout=self.body_timeout
+            )
+            await bodies.parse_body(request, body, media_type)
+        return session, ConnectionScope(receive, self._sweeper)
 
-            await read_multipart(self, request, receive, media_type)
-            return
-        body = await bodies.read_body(
-            receive, max_size=self.max_body_size, idle_timeout=self.body_timeout
-        )
-        await bodies.parse_body(request, body, media_type)
-
-    async def _run_user_code(self, request: Request) -> tuple[int, Any, list[Any]]:
+    async def _run_user_code(
+        self, request: Request, form: PendingForm | None
+    ) -> tuple[int, Any, list[Any]]:
         """Middleware, routing, binding, the handler and ``after_request``."""
         for middleware in self.middlewares:
             short_circuit = await middleware.before_request(request)
             if short_circuit:
                 raise _Answered(self._short_circuit(short_circuit))
         if request.__dict__.get("_subapp") is not None:
+            if form is not None:
+                await form.complete()
             return 0, None, []
-        result = await self._call_handler(request)
+        result = await self._call_handler(request, form)
         status, body, headers = normalise_result(result)
         for middleware in self.middlewares:
             override = await middleware.after_request(request, status, body, headers)
@@ -211,18 +230,15 @@ class App:
                 headers = list(override.get("headers", headers))
         return status, body, headers
 
-    async def _call_handler(self, request: Request) -> Any:
-        try:
-            handler, plan = self._route(request)
-            args, kwargs = await routing.bind_http(plan, request)
-        except HTTPError as error:
-            raise _Answered(error_response(error.status, error.body)) from None
+    async def _call_handler(self, request: Request, form: PendingForm | None) -> Any:
+        handler, plan = self._route(request)
+        args, kwargs = await routing.bind_http(plan, request, form)
         try:
             result = handler(*args, **kwargs)
             if inspect.isawaitable(result):
                 result = await result
-        except HTTPError as error:
-            raise _Answered(error_response(error.status, error.body)) from None
+        except HTTPError:
+            raise
         except Exception:
             logger.exception("Unhandled exception in HTTP handler for %s", request.path)
             raise _Answered(error_response(500, "500 Internal Server Error")) from None

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 from types import TracebackType
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 import anyio.abc
@@ -43,7 +44,16 @@ import anyio.lowlevel
 from .concurrency import collapse_excgroups
 from .types import Receive
 
-__all__ = ["SWEEP_INTERVAL", "ConnectionScope", "DisconnectSweeper", "watch_for_disconnect"]
+if TYPE_CHECKING:
+    from .routing import PendingForm
+
+__all__ = [
+    "SWEEP_INTERVAL",
+    "Connection",
+    "ConnectionScope",
+    "DisconnectSweeper",
+    "watch_for_disconnect",
+]
 
 logger = logging.getLogger("micropie")
 
@@ -69,12 +79,39 @@ async def watch_for_disconnect(receive: Receive, cancel_scope: anyio.CancelScope
         await anyio.lowlevel.checkpoint()  # a receive() that never blocks must not starve the loop
 
 
+class Connection(Protocol):
+    """What a request's user code runs in: cancelled when the client leaves.
+
+    ``ConnectionScope`` for ordinary requests; a multipart upload's reception for
+    ``multipart/form-data`` (its parser owns ``receive()`` and watches for the client leaving).
+    """
+
+    @property
+    def client_left(self) -> bool:
+        """Whether the client left while the user code ran (then nothing is sent)."""
+
+    @property
+    def form(self) -> PendingForm | None:
+        """The multipart form still arriving, if any."""
+
+    async def __aenter__(self) -> Connection: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool: ...
+
+
 class ConnectionScope:
     """``async with`` block whose body is cancelled when the client disconnects.
 
     After the block, ``client_left`` tells whether that happened (then do not answer). Use one
     per request, after the body has been read.
     """
+
+    form: PendingForm | None = None
 
     __slots__ = (
         "_receive",

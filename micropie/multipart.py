@@ -1,20 +1,25 @@
 """multipart/form-data bodies (needs the ``multipart`` package, >= 2.0).
 
-Interim implementation: the body is read within the app's limits and parsed with the
-``multipart`` push parser; text fields land in ``body_params`` and each file part becomes
+Interim implementation behind the final interface: ``open_multipart`` returns the
+``Connection`` the request's user code runs in. Here it reads the body within the app's limits,
+parses it with the ``multipart`` push parser, and then behaves like an ordinary
+``ConnectionScope``; text fields land in ``body_params`` and each file part becomes
 ``{"filename", "content_type", "content"}`` where ``await content.get()`` returns the next
-``bytes`` chunk and ``None`` at the end. Streaming into the handler while the upload is still
-arriving is tracked in the multipart issue.
+``bytes`` chunk and ``None`` at the end. Streaming into a handler that starts while the upload
+is still arriving is the multipart issue's work.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .bodies import read_body
+from .disconnect import Connection, ConnectionScope
 from .errors import HTTPError
+from .routing import MISSING, PendingForm
 
 try:
     from multipart import MultipartSegment, ParserError, PushMultipartParser
@@ -28,7 +33,7 @@ if TYPE_CHECKING:
     from .request import Request
     from .types import Receive
 
-__all__ = ["MULTIPART_INSTALLED", "read_multipart"]
+__all__ = ["MULTIPART_INSTALLED", "open_multipart"]
 
 logger = logging.getLogger("micropie")
 
@@ -50,7 +55,48 @@ class BufferedFile:
         return chunk
 
 
-async def read_multipart(app: App, request: Request, receive: Receive, media_type: str) -> None:
+class _ArrivedForm:
+    """A form that has fully arrived: nothing to wait for."""
+
+    async def field(self, name: str) -> Any:
+        return MISSING
+
+    async def complete(self) -> None:
+        return None
+
+
+class _BufferedReception:
+    def __init__(self, app: App, request: Request, receive: Receive) -> None:
+        self._app = app
+        self._request = request
+        self._inner = ConnectionScope(receive, app._sweeper)
+        self._receive = receive
+        self.form: PendingForm = _ArrivedForm()
+
+    @property
+    def client_left(self) -> bool:
+        return self._inner.client_left
+
+    async def __aenter__(self) -> _BufferedReception:
+        await _read_form(self._app, self._request, self._receive)
+        await self._inner.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        return await self._inner.__aexit__(exc_type, exc, tb)
+
+
+def open_multipart(app: App, request: Request, receive: Receive) -> Connection:
+    """The connection scope for a multipart request (its parser owns ``receive()``)."""
+    return _BufferedReception(app, request, receive)
+
+
+async def _read_form(app: App, request: Request, receive: Receive) -> None:
     if not MULTIPART_INSTALLED:
         logger.error("Multipart form data requires the 'multipart' package")
         raise HTTPError(500, "500 Internal Server Error")

@@ -20,13 +20,22 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from .errors import HTTPError
 
-__all__ = ["HandlerPlan", "Lookup", "Parameter", "bind_http", "plan_for", "resolve_handler"]
+__all__ = [
+    "MISSING",
+    "HandlerPlan",
+    "Lookup",
+    "Parameter",
+    "PendingForm",
+    "bind_http",
+    "plan_for",
+    "resolve_handler",
+]
 
-_MISSING: Any = object()
+MISSING: Any = object()
 _PLAN_CACHE_LIMIT = 4096
 _plans: dict[Any, HandlerPlan] = {}
 
@@ -176,7 +185,7 @@ def _from_request(request: Any, name: str) -> Any:
     body = request._json
     if isinstance(body, dict) and name in body:
         return body[name]
-    return request.files.get(name, _MISSING)
+    return request.files.get(name, MISSING)
 
 
 def _coerced(parameter: Parameter, value: Any) -> Any:
@@ -190,13 +199,23 @@ def _coerced(parameter: Parameter, value: Any) -> Any:
         ) from None
 
 
+class PendingForm(Protocol):
+    """A multipart form that is still arriving while the handler's arguments are bound."""
+
+    async def field(self, name: str) -> Any:
+        """Wait until field or file ``name`` arrives; ``MISSING`` if the form ends without it."""
+
+    async def complete(self) -> None:
+        """Wait until the whole form has arrived (raises ``HTTPError`` if it cannot)."""
+
+
 async def bind_http(
-    plan: HandlerPlan, request: Any, wait_for: Callable[[str], Any] | None = None
+    plan: HandlerPlan, request: Any, form: PendingForm | None = None
 ) -> tuple[list[Any], dict[str, Any]]:
     """Positional and keyword arguments for an HTTP handler, or ``HTTPError(400)``.
 
-    ``wait_for`` (set while a multipart body is still arriving) is awaited for a parameter no
-    source has yet: it returns the field or file once it arrives, or ``_MISSING``.
+    While a multipart ``form`` is still arriving, a parameter no source has yet waits for it
+    (without polling), and ``**kwargs`` waits for the whole form.
     """
     args: list[Any] = []
     kwargs: dict[str, Any] = {}
@@ -216,9 +235,9 @@ async def bind_http(
             position += 1
         else:
             value = _from_request(request, parameter.name)
-            if value is _MISSING and wait_for is not None:
-                value = await wait_for(parameter.name)
-        if value is _MISSING:
+            if value is MISSING and form is not None:
+                value = await form.field(parameter.name)
+        if value is MISSING:
             if parameter.default is inspect.Parameter.empty:
                 raise HTTPError(
                     400, f"400 Bad Request: Missing required parameter '{parameter.name}'"
@@ -232,10 +251,12 @@ async def bind_http(
         else:
             args.append(value)
     if plan.var_keyword:
+        if form is not None:
+            await form.complete()
         for name in _request_names(request):
             if name not in used and name not in kwargs:
                 value = _from_request(request, name)
-                if value is not _MISSING:
+                if value is not MISSING:
                     kwargs[name] = value
     return args, kwargs
 

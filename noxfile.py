@@ -1,0 +1,58 @@
+"""Developer tasks. ``nox -s tests`` runs the whole suite; ``nox -s serve`` serves an example."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.default_venv_backend = "venv"
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole test suite, every concurrency test on asyncio and trio."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check (with the ASYNC rules) and ruff format --check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on the package."""
+    session.install("-e", ".[typecheck]")
+    session.run("mypy", "micropie")
+
+
+@nox.session
+def serve(session: nox.Session) -> None:
+    """Serve examples/hello on hypercorn's trio worker at http://127.0.0.1:8000."""
+    session.install("-e", ".[all]")
+    session.run(
+        "python",
+        "-m",
+        "micropie",
+        "examples.hello.app:app",
+        "--backend",
+        "trio",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "8000",
+        *session.posargs,
+    )
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks (in-process and over the wire); not part of CI."""
+    session.install("-e", ".[bench]")
+    session.run("python", "benchmarks/inprocess.py", *session.posargs)
+    session.run("python", "benchmarks/wire.py", *session.posargs)
