@@ -4,7 +4,10 @@ MicroPie uses orjson when it can. The two parsers disagree at the edges, so this
 the edges down: whichever parser runs, a body is rejected (``ValueError``) when it is not valid
 UTF-8, starts with a byte-order mark, contains ``NaN``/``Infinity`` or a number that does not fit
 a double, has an integer of more than 4,300 digits, or nests deeper than the parser allows.
-Tests set ``orjson`` to ``None`` to exercise the standard library path.
+A document orjson rejects is handed to the standard library parser, whose strict answer is
+final: orjson refuses integers beyond a double's range that Python parses exactly (below
+4,300 digits), and both must give the same status. Tests set ``orjson`` to ``None`` to
+exercise the standard library path.
 """
 
 from __future__ import annotations
@@ -44,8 +47,8 @@ def loads(data: bytes) -> Any:
     if orjson is not None:
         try:
             return orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise ValueError(str(exc)) from None
+        except orjson.JSONDecodeError:
+            pass  # the standard library has the last word, so both paths answer alike
     try:
         return _stdlib_decoder.decode(data.decode("utf-8"))
     except RecursionError:

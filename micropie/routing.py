@@ -155,6 +155,8 @@ def plan_for(raw: Any, handler: Callable[..., Any]) -> HandlerPlan:
     parameters = tuple(
         Parameter(p.name, p.kind, p.default, _coercer_for(p.annotation))
         for p in _signature(handler).parameters.values()
+        # A wrapper's signature may still show ``self`` (``singledispatchmethod`` does).
+        if p.name != "self"
     )
     positional = {inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD}
     plan = HandlerPlan(
