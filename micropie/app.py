@@ -22,14 +22,15 @@ from .errors import ClientDisconnected, HTTPError
 from .lifespan import AppLifetime
 from .middleware import HttpMiddleware, WebSocketMiddleware
 from .multipart import open_multipart
-from .request import Request, current_request
+from .request import Request, current_request, scan_headers
 from .responses import (
-    Response,
+    PlainResponse,
     encode_headers,
     error_response,
     is_stream,
     normalise_result,
     plain_body,
+    send_plain,
 )
 from .routing import PendingForm
 from .sessions import (
@@ -69,7 +70,7 @@ _NOT_FOUND = "404 Not Found"
 class _Answered(Exception):
     """A step produced the final response early (an error or a middleware short-circuit)."""
 
-    def __init__(self, response: Response) -> None:
+    def __init__(self, response: PlainResponse) -> None:
         self.response = response
 
 
@@ -132,6 +133,7 @@ class App:
         self.env = templates.create_environment(template_dir)
         self._lifetime = AppLifetime(self)
         self._sweeper = DisconnectSweeper()
+        self._handlers = routing.HandlerTable(self, App)
 
     @property
     def request(self) -> Request:
@@ -162,27 +164,27 @@ class App:
             try:
                 session, connection = await self._prepare(request, receive)
                 async with connection:
-                    outcome = await self._run_user_code(request, connection.form)
+                    status, body, headers = await self._run_user_code(request, connection.form)
                 if connection.client_left:
                     return
                 if request.__dict__.get("_subapp") is not None:
                     await hand_over(self, request, session, receive, send)
                     return
-                status, body, headers = outcome
-                cookie = await save_session(self, request, session)
-                if cookie is not None:
-                    headers.append(("Set-Cookie", cookie))
+                if request.session or session is not None:
+                    cookie = await save_session(self, request, session)
+                    if cookie is not None:
+                        headers.append(("Set-Cookie", cookie))
             except _Answered as answered:
-                await answered.response.send(send)
+                await send_plain(send, *answered.response)
                 return
             except HTTPError as error:
-                await error_response(error.status, error.body).send(send)
+                await send_plain(send, *error_response(error.status, error.body))
                 return
             except ClientDisconnected:
                 return
             except Exception:
                 logger.exception("Unhandled exception while handling %s", request.path)
-                await error_response(500, "500 Internal Server Error").send(send)
+                await send_plain(send, *error_response(500, "500 Internal Server Error"))
                 return
             await self._respond(request, receive, send, status, body, headers)
         finally:
@@ -190,16 +192,20 @@ class App:
 
     # --- the steps of a request ------------------------------------------------------------
 
-    async def _prepare(self, request: Request, receive: Receive) -> tuple[SessionState, Connection]:
+    async def _prepare(
+        self, request: Request, receive: Receive
+    ) -> tuple[SessionState | None, Connection]:
         """Session and body: what is read before user code runs, and the scope it runs in.
 
         A multipart body is not read here: its parser starts with the connection and the
         handler may run while the upload is still arriving.
         """
-        bodies.check_content_length(request, self.max_body_size)
-        session = await load_session(self, request)
+        content_length, media_type, has_cookie = scan_headers(request.scope)
+        bodies.check_content_length(content_length, self.max_body_size)
+        session = None
+        if has_cookie or "session" in request.scope or "micropie.session_state" in request.scope:
+            session = await load_session(self, request)
         if request.method in bodies.BODY_METHODS and not request.body_parsed:
-            media_type = bodies.content_type(request)
             if "multipart/form-data" in media_type:
                 return session, open_multipart(self, request, receive)
             body = await bodies.read_body(
@@ -220,7 +226,19 @@ class App:
             if form is not None:
                 await form.complete()
             return 0, None, []
-        result = await self._call_handler(request, form)
+        handler, plan = self._route(request)
+        if form is not None:
+            await routing.wait_for_form_fields(plan, request, form)
+        args, kwargs = routing.bind_http(plan, request)
+        try:
+            result = handler(*args, **kwargs)
+            if plan.is_coroutine or inspect.isawaitable(result):
+                result = await result
+        except HTTPError:
+            raise
+        except Exception:
+            logger.exception("Unhandled exception in HTTP handler for %s", request.path)
+            raise _Answered(error_response(500, "500 Internal Server Error")) from None
         status, body, headers = normalise_result(result)
         for middleware in self.middlewares:
             override = await middleware.after_request(request, status, body, headers)
@@ -229,20 +247,6 @@ class App:
                 body = override.get("body", body)
                 headers = list(override.get("headers", headers))
         return status, body, headers
-
-    async def _call_handler(self, request: Request, form: PendingForm | None) -> Any:
-        handler, plan = self._route(request)
-        args, kwargs = await routing.bind_http(plan, request, form)
-        try:
-            result = handler(*args, **kwargs)
-            if inspect.isawaitable(result):
-                result = await result
-        except HTTPError:
-            raise
-        except Exception:
-            logger.exception("Unhandled exception in HTTP handler for %s", request.path)
-            raise _Answered(error_response(500, "500 Internal Server Error")) from None
-        return result
 
     def _route(self, request: Request) -> tuple[Callable[..., Any], routing.HandlerPlan]:
         """The handler for this request and its binding plan (``HTTPError(404)`` if none).
@@ -260,24 +264,23 @@ class App:
                 raise HTTPError(404, _NOT_FOUND)
         if not request.path_params:
             request.path_params = segments[1:]
-        found = routing.resolve_handler(self, name, App)
+        found = self._handlers.lookup(name)
         if found is routing.Lookup.MISSING:
-            name, found = "index", routing.resolve_handler(self, "index", App)
+            name, found = "index", self._handlers.lookup("index")
         if isinstance(found, routing.Lookup):
             raise HTTPError(404, _NOT_FOUND)
-        raw, handler = found
-        plan = routing.plan_for(raw, handler)
+        handler, plan = found
         if name == "index" and path and path != "index":
             if not plan.accepts_positional:
                 raise HTTPError(404, _NOT_FOUND)
             request.path_params = segments
         return handler, plan
 
-    def _short_circuit(self, result: dict[str, Any]) -> Response:
+    def _short_circuit(self, result: dict[str, Any]) -> PlainResponse:
         status, body, headers = normalise_result(
             (result.get("status_code", 200), result.get("body", ""), result.get("headers", []))
         )
-        return Response(status, encode_headers(headers), plain_body(body))
+        return status, encode_headers(headers), plain_body(body)
 
     async def _respond(
         self,
@@ -291,7 +294,7 @@ class App:
         if is_stream(body):
             await send_stream(send, receive, status, encode_headers(headers), body, request.path)
         else:
-            await Response(status, encode_headers(headers), plain_body(body)).send(send)
+            await send_plain(send, status, encode_headers(headers), plain_body(body))
 
     # --- helpers users call ----------------------------------------------------------------
 

@@ -26,7 +26,6 @@ from .types import Receive
 __all__ = [
     "BODY_METHODS",
     "check_content_length",
-    "content_type",
     "parse_body",
     "read_body",
 ]
@@ -40,28 +39,13 @@ OFFLOAD_THRESHOLD = 64 * 1024
 _T = TypeVar("_T")
 
 
-def _header(request: Request, name: bytes) -> bytes | None:
-    """One raw request header, without building the ``Headers`` dict (the hot path)."""
-    for key, value in request.scope.get("headers", ()):
-        if key.lower() == name:
-            return bytes(value)
-    return None
-
-
-def content_type(request: Request) -> str:
-    """The request's ``Content-Type``, lower-cased (``""`` when absent)."""
-    raw = _header(request, b"content-type")
-    return raw.decode("latin-1").lower() if raw else ""
-
-
-def check_content_length(request: Request, max_body_size: int | None) -> None:
+def check_content_length(content_length: bytes | None, max_body_size: int | None) -> None:
     """Reject a malformed or oversized ``Content-Length`` before reading a single byte."""
-    raw = _header(request, b"content-length")
-    if raw is None:
+    if content_length is None:
         return
-    if not raw.isdigit():
+    if not content_length.isdigit():
         raise HTTPError(400, "400 Bad Request: Invalid Content-Length")
-    if max_body_size is not None and int(raw) > max_body_size:
+    if max_body_size is not None and int(content_length) > max_body_size:
         raise HTTPError(413, "413 Payload Too Large")
 
 

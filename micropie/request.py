@@ -62,6 +62,26 @@ class Headers(dict[str, str]):
         return dict.get(self, name.lower(), default)
 
 
+def scan_headers(scope: Scope) -> tuple[bytes | None, str, bool]:
+    """``(content-length, content-type lower-cased, has a cookie)`` in one pass over the headers.
+
+    Every request needs these three before anything else, so they are read from the raw scope
+    without building ``Headers``.
+    """
+    content_length: bytes | None = None
+    media_type = ""
+    has_cookie = False
+    for raw_name, raw_value in scope.get("headers", ()):
+        name = raw_name.lower()
+        if name == b"content-length":
+            content_length = raw_value
+        elif name == b"content-type":
+            media_type = raw_value.decode("latin-1").lower()
+        elif name == b"cookie":
+            has_cookie = True
+    return content_length, media_type, has_cookie
+
+
 def parse_cookies(header: str) -> dict[str, str]:
     """Split a ``Cookie`` header the way MicroPie does: no unquoting, the last duplicate wins."""
     cookies: dict[str, str] = {}
@@ -82,6 +102,13 @@ class Request:
     ``_subapp``/``_subapp_path`` to hand the request to another ASGI app.
     """
 
+    # Defaults shared by every instance until one sets its own (cheaper than setting each).
+    body: bytes = b""
+    _regenerate_session: bool = False
+    _headers: Headers | None = None
+    _query_params: dict[str, list[str]] | None = None
+    _cookies: dict[str, str] | None = None
+
     def __init__(self, scope: Scope) -> None:
         self.scope = scope
         self.method: str = scope.get("method", "")
@@ -89,13 +116,8 @@ class Request:
         self.body_params: dict[str, list[str]] = scope.get("body_params", {})
         self.files: dict[str, Any] = scope.get("files", {})
         self.session: dict[str, Any] = scope.get("session", {})
-        self.body: bytes = b""
         self.body_parsed: bool = scope.get("body_parsed", False)
         self._json: Any = scope.get("json_body", {})
-        self._regenerate_session = False
-        self._headers: Headers | None = None
-        self._query_params: dict[str, list[str]] | None = None
-        self._cookies: dict[str, str] | None = None
 
     @property
     def path(self) -> str:

@@ -16,19 +16,19 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import AsyncIterable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from . import json_codec
 from .types import RawHeaders, Send
 
 __all__ = [
-    "Response",
+    "PlainResponse",
     "encode_headers",
     "error_response",
     "is_stream",
     "normalise_result",
     "plain_body",
+    "send_plain",
 ]
 
 logger = logging.getLogger("micropie")
@@ -49,24 +49,43 @@ def _encode(part: Any, what: str, name: Any) -> bytes | None:
         return None
 
 
+def _encode_header(name: Any, value: Any) -> tuple[bytes, bytes] | None:
+    """One header as raw bytes, or ``None`` (with a warning) when it is unsafe to send."""
+    raw_name = _encode(name, "name", name)
+    raw_value = _encode(value, "value", name)
+    if raw_name is None or raw_value is None:
+        return None
+    if not _TOKEN.fullmatch(raw_name):
+        logger.warning("Rejected response header with an invalid name: %r", name)
+        return None
+    if _FORBIDDEN_IN_VALUE.search(raw_value):
+        logger.warning("Rejected response header containing a newline or control: %r", name)
+        return None
+    return raw_name, raw_value
+
+
+# Most responses repeat a handful of headers (content types, cache policies): remember how
+# they encode. Values that vary (cookies, locations) simply miss and are checked every time.
+_encoded_cache: dict[tuple[Any, Any], tuple[bytes, bytes]] = {}
+_ENCODED_CACHE_LIMIT = 256
+
+
 def encode_headers(headers: Iterable[tuple[Any, Any]]) -> RawHeaders:
     """Sanitised raw headers, with ``text/html; charset=utf-8`` appended when no type was set."""
     raw: RawHeaders = []
     has_content_type = False
-    for name, value in headers:
-        raw_name = _encode(name, "name", name)
-        raw_value = _encode(value, "value", name)
-        if raw_name is None or raw_value is None:
-            continue
-        if not _TOKEN.fullmatch(raw_name):
-            logger.warning("Rejected response header with an invalid name: %r", name)
-            continue
-        if _FORBIDDEN_IN_VALUE.search(raw_value):
-            logger.warning("Rejected response header containing a newline or control: %r", name)
-            continue
-        if raw_name.lower() == b"content-type":
+    for header in headers:
+        encoded = _encoded_cache.get(header) if type(header) is tuple else None
+        if encoded is None:
+            name, value = header
+            encoded = _encode_header(name, value)
+            if encoded is None:
+                continue
+            if len(_encoded_cache) < _ENCODED_CACHE_LIMIT and type(header) is tuple:
+                _encoded_cache[header] = encoded
+        if not has_content_type and encoded[0].lower() == b"content-type":
             has_content_type = True
-        raw.append((raw_name, raw_value))
+        raw.append(encoded)
     if not has_content_type:
         raw.append(_DEFAULT_CONTENT_TYPE)
     return raw
@@ -104,7 +123,10 @@ def normalise_result(result: Any) -> tuple[int, Any, list[Any]]:
 
 def is_stream(body: Any) -> bool:
     """Whether ``body`` is sent chunk by chunk (async or sync iterables, not text or bytes)."""
-    if isinstance(body, str | bytes | bytearray | memoryview | dict | list) or body is None:
+    kind = type(body)
+    if kind is str or kind is bytes or body is None:
+        return False
+    if isinstance(body, str | bytes | bytearray | memoryview | dict | list):
         return False
     return isinstance(body, AsyncIterable | Iterable)
 
@@ -122,20 +144,17 @@ def plain_body(body: Any) -> bytes:
     return str(body).encode("utf-8")
 
 
-@dataclass(slots=True)
-class Response:
-    """A complete plain response, ready to send."""
-
-    status: int
-    headers: RawHeaders
-    body: bytes
-
-    async def send(self, send: Send) -> None:
-        self.headers.append((b"content-length", str(len(self.body)).encode("ascii")))
-        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
-        await send({"type": "http.response.body", "body": self.body, "more_body": False})
+#: ``(status, raw headers, body)`` of a complete plain response.
+PlainResponse = tuple[int, RawHeaders, bytes]
 
 
-def error_response(status: int, text: str) -> Response:
+async def send_plain(send: Send, status: int, headers: RawHeaders, body: bytes) -> None:
+    """Send a complete response, with ``Content-Length``."""
+    headers.append((b"content-length", str(len(body)).encode("ascii")))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def error_response(status: int, text: str) -> PlainResponse:
     """One of MicroPie's plain-text error answers (``404 Not Found`` and friends)."""
-    return Response(status, [_DEFAULT_CONTENT_TYPE], text.encode("utf-8"))
+    return status, [_DEFAULT_CONTENT_TYPE], text.encode("utf-8")

@@ -27,12 +27,14 @@ from .errors import HTTPError
 __all__ = [
     "MISSING",
     "HandlerPlan",
+    "HandlerTable",
     "Lookup",
     "Parameter",
     "PendingForm",
     "bind_http",
     "plan_for",
     "resolve_handler",
+    "wait_for_form_fields",
 ]
 
 MISSING: Any = object()
@@ -173,6 +175,36 @@ def plan_for(raw: Any, handler: Callable[..., Any]) -> HandlerPlan:
     return plan
 
 
+class HandlerTable:
+    """Route lookup for one app, remembering what it found for methods its class defines.
+
+    A hit is checked against the class on every request (one dict lookup), so a handler
+    replaced at run time, on the instance or on the class, is seen at once.
+    """
+
+    def __init__(self, owner: object, base: type) -> None:
+        self._owner = owner
+        self._base = base
+        self._known: dict[str, tuple[type, types.FunctionType, HandlerPlan]] = {}
+
+    def lookup(self, name: str) -> tuple[Callable[..., Any], HandlerPlan] | Lookup:
+        owner = self._owner
+        known = self._known.get(name)
+        if known is not None:
+            klass, raw, plan = known
+            if klass.__dict__.get(name) is raw and name not in owner.__dict__:
+                return types.MethodType(raw, owner), plan
+        found = resolve_handler(owner, name, self._base)
+        if isinstance(found, Lookup):
+            return found
+        raw, handler = found
+        plan = plan_for(raw, handler)
+        if isinstance(raw, types.FunctionType) and name not in owner.__dict__:
+            klass = next(k for k in type(owner).__mro__ if k.__dict__.get(name) is raw)
+            self._known[name] = (klass, raw, plan)
+        return handler, plan
+
+
 # --- binding ---------------------------------------------------------------------------------
 
 
@@ -211,14 +243,27 @@ class PendingForm(Protocol):
         """Wait until the whole form has arrived (raises ``HTTPError`` if it cannot)."""
 
 
-async def bind_http(
-    plan: HandlerPlan, request: Any, form: PendingForm | None = None
-) -> tuple[list[Any], dict[str, Any]]:
-    """Positional and keyword arguments for an HTTP handler, or ``HTTPError(400)``.
+async def wait_for_form_fields(plan: HandlerPlan, request: Any, form: PendingForm) -> None:
+    """Wait, without polling, until every parameter ``bind_http`` will look for has arrived.
 
-    While a multipart ``form`` is still arriving, a parameter no source has yet waits for it
-    (without polling), and ``**kwargs`` waits for the whole form.
+    Runs while a multipart form is still arriving: a parameter that no path segment or source
+    has yet waits for its field or file (the parser stores it in ``request.body_params`` or
+    ``request.files``), and ``**kwargs`` waits for the whole form.
     """
+    position = len(request.path_params)
+    for parameter in plan.parameters:
+        if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
+            position = 0
+        elif parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            await form.complete()
+        elif position > 0:
+            position -= 1
+        elif _from_request(request, parameter.name) is MISSING:
+            await form.field(parameter.name)
+
+
+def bind_http(plan: HandlerPlan, request: Any) -> tuple[list[Any], dict[str, Any]]:
+    """Positional and keyword arguments for an HTTP handler, or ``HTTPError(400)``."""
     args: list[Any] = []
     kwargs: dict[str, Any] = {}
     path = request.path_params
@@ -237,8 +282,6 @@ async def bind_http(
             position += 1
         else:
             value = _from_request(request, parameter.name)
-            if value is MISSING and form is not None:
-                value = await form.field(parameter.name)
         if value is MISSING:
             if parameter.default is inspect.Parameter.empty:
                 raise HTTPError(
@@ -253,8 +296,6 @@ async def bind_http(
         else:
             args.append(value)
     if plan.var_keyword:
-        if form is not None:
-            await form.complete()
         for name in _request_names(request):
             if name not in used and name not in kwargs:
                 value = _from_request(request, name)

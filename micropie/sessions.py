@@ -197,8 +197,7 @@ async def load_session(settings: SessionSettings, request: Request) -> SessionSt
     if isinstance(inherited, SessionState):
         return inherited
     state = SessionState(settings.session_backend)
-    cookie = request.cookies.get("session_id") if _has_cookie_header(request) else None
-    state.session_id = checked_session_id(settings, cookie)
+    state.session_id = checked_session_id(settings, request.cookies.get("session_id"))
     if "session" in request.scope:
         state.was_empty = not request.session
     elif state.session_id is not None:
@@ -208,9 +207,14 @@ async def load_session(settings: SessionSettings, request: Request) -> SessionSt
 
 
 async def save_session(
-    settings: SessionSettings, request: Request, state: SessionState
+    settings: SessionSettings, request: Request, state: SessionState | None
 ) -> str | None:
-    """Persist ``request.session`` after a successful response; return a new cookie, if any."""
+    """Persist ``request.session`` after a successful response; return a new cookie, if any.
+
+    ``state`` is ``None`` when the request came without a session cookie (nothing was loaded).
+    """
+    if state is None:
+        state = SessionState(settings.session_backend)
     old_id = state.session_id
     if not request.session:
         if old_id is not None:
@@ -228,10 +232,3 @@ async def save_session(
     await state.backend.save(session_id, request.session, settings.session_timeout)
     state.was_empty = False
     return cookie
-
-
-def _has_cookie_header(request: Request) -> bool:
-    """Cheap check that skips header parsing for the many requests that carry no cookie."""
-    if request._headers is not None:
-        return "cookie" in request._headers
-    return any(name.lower() == b"cookie" for name, _ in request.scope.get("headers", ()))

@@ -36,7 +36,7 @@ def _body_once(request: Request, receive: Receive) -> Receive:
 
 
 async def hand_over(
-    app: App, request: Request, session: SessionState, receive: Receive, send: Send
+    app: App, request: Request, session: SessionState | None, receive: Receive, send: Send
 ) -> None:
     scope: dict[str, Any] = dict(request.scope)
     path = str(request.__dict__.get("_subapp_path") or "/")
@@ -52,6 +52,6 @@ async def hand_over(
         files=request.files,
         session=request.session,
     )
-    scope["micropie.session_state"] = session
+    scope["micropie.session_state"] = session or SessionState(app.session_backend)
     sub_app: ASGIApp = request.__dict__["_subapp"]
     await sub_app(scope, _body_once(request, receive), send)

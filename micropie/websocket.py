@@ -1,24 +1,710 @@
-"""WebSocket connections (placeholder: being written)."""
+"""WebSocket connections: the ``WebSocket`` a ``ws_`` handler receives, and its lifetime.
+
+Theory of operation
+-------------------
+``serve_websocket`` runs one connection, in order:
+
+1. **Handshake.** It reads ``websocket.connect``, loads the session, runs ``before_websocket``,
+   routes (``/chat/x`` → ``ws_chat(ws, "x")``, ``/`` → ``ws_index``) and binds the arguments
+   (the ``WebSocket`` first, whatever its name; then path segment → query → default). A refusal
+   is a ``websocket.close`` before accept, which hypercorn turns into an HTTP 403: its code and
+   reason (MicroPie's) only reach in-process clients.
+
+2. **The connection task group.** One *pump* task owns ``receive()`` from then on. It puts each
+   ``websocket.receive`` into a small bounded memory stream (``INBOX_SIZE``): a handler that does
+   not read stops the pump, the server's own queue fills, and the server stops reading the socket
+   (backpressure, with the consequence that a client leaving is only noticed once the handler
+   reads again). A message over the app's ``ws_max_message_size`` is answered with close 1009.
+   On ``websocket.disconnect`` the pump closes the stream: every pending and later ``receive_*``
+   raises ``ConnectionClosed`` (after the messages that arrived before it), every send raises it
+   at once, and ``DISCONNECT_GRACE`` seconds later the handler is cancelled if it is still
+   running (it was blocked elsewhere: a push loop, a sleep, a queue). A handler that closed the
+   connection itself is trusted to finish on its own. Tasks started with ``ws.start_soon`` live
+   in the same task group, so they end with the handler.
+
+3. **After the handler.** ``after_websocket`` runs (also after ``ConnectionClosed`` and after
+   errors), then the session is saved unless the handler failed, then the connection is closed
+   if the handler left it open: 1000 after a normal return, 1011 ``Internal server error``
+   after an exception (details only in the log). A handler that never accepted gets a clean
+   rejection (a close before accept).
+
+4. **Server shutdown.** A cancellation from outside (hypercorn cancels connections when its
+   ``graceful_timeout`` ends) sends close 1001 from a shielded, time-bounded scope and then
+   propagates; ``after_websocket`` and the session save do not run.
+
+Limits of what a framework can do on hypercorn: the app is told 1006 for every client close;
+on the trio worker a ``send()`` to a client that stopped reading sits in a shielded scope and
+cannot be cancelled; protocol violations drop the TCP connection without a close frame.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import enum
+import inspect
+import logging
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
-from .types import Receive, Scope, Send
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from . import json_codec, routing
+from .concurrency import collapse_excgroups
+from .request import WebSocketRequest, current_request
+from .sessions import (
+    SessionState,
+    checked_session_id,
+    format_session_cookie,
+    load_session,
+    new_session_id,
+    validate_session_id,
+)
+from .types import Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from .app import App
 
-__all__ = ["ConnectionClosed", "WebSocket", "serve_websocket"]
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "DISCONNECT_GRACE",
+    "INBOX_SIZE",
+    "ConnectionClosed",
+    "WebSocket",
+    "serve_websocket",
+]
+
+logger = logging.getLogger("micropie")
+
+#: Largest incoming message (in bytes, text counted as UTF-8) a handler gets by default; a bigger
+#: one closes the connection with 1009. 1 MiB, like the ``websockets`` and trio-websocket
+#: clients. ``App(ws_max_message_size=None)`` lifts it (hypercorn's own 16 MiB limit remains).
+DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
+
+#: Seconds a handler may keep running after the client left before it is cancelled. Long enough
+#: for a handler that sees ``ConnectionClosed`` to clean up, short enough that a push-only loop
+#: stops well within a second. Cleanup that needs longer belongs in ``after_websocket`` (which
+#: runs after the handler, uncancelled) or in a shielded scope.
+DISCONNECT_GRACE = 0.5
+
+#: Messages read ahead of the handler. Small, so a handler that does not read soon stops the
+#: server from reading the socket instead of buffering without bound.
+INBOX_SIZE = 8
+
+#: Seconds allowed for sending close 1001 when the server shuts the connection down.
+SHUTDOWN_CLOSE_TIMEOUT = 1.0
+
+_NOT_ACCEPTED = "WebSocket connection not accepted"
+_INTERNAL_ERROR = (1011, "Internal server error")
+_GOING_AWAY = (1001, "Going away")
+_TOO_BIG = (1009, "Message too big")
 
 
 class ConnectionClosed(Exception):
-    """The client closed the WebSocket connection."""
+    """The WebSocket connection is over: the client left, or the server closed it.
+
+    ``code`` and ``reason`` say why (``1009`` when a message was too big; on hypercorn a client's
+    own close always arrives as ``1006``). Raised by ``receive_*`` once the messages that arrived
+    before the close are consumed, and by every send after it. A handler may let it propagate:
+    that is a normal end of the connection, never an error.
+    """
+
+    def __init__(self, code: int = 1000, reason: str = "") -> None:
+        super().__init__(code, reason)
+        self.code = code
+        self.reason = reason
+
+    def __str__(self) -> str:
+        suffix = f": {self.reason}" if self.reason else ""
+        return f"WebSocket connection closed with code {self.code}{suffix}"
+
+
+class _State(enum.Enum):
+    CONNECTING = "connecting"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class _Refused(Exception):
+    """The connection is refused before the handler runs, with this close code and reason."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def _close_message(code: int, reason: str) -> Message:
+    return {"type": "websocket.close", "code": code, "reason": reason}
 
 
 class WebSocket:
-    """Placeholder."""
+    """One WebSocket connection, as a ``ws_`` handler sees it (the first argument).
+
+    MicroPie's API: ``accept``, ``receive_text``/``receive_bytes``, ``send_text``/``send_bytes``,
+    ``close`` and the attributes ``accepted`` and ``session_id``. Beyond it: ``receive()`` (str
+    or bytes), ``receive_json``/``send_json``, ``async for message in ws``, ``subprotocols``,
+    ``request``/``scope`` and ``start_soon`` for tasks that live as long as the connection.
+
+    The framework builds it; constructing one yourself around raw ASGI callables works too (then
+    ``accept`` reads ``websocket.connect`` itself and nothing reads ahead or enforces limits).
+    """
+
+    def __init__(
+        self,
+        receive: Receive,
+        send: Send,
+        *,
+        session_cookie_secure: bool = True,
+        session_id_validator: Callable[[str], str | None] | None = validate_session_id,
+        scope: Scope | None = None,
+        request: WebSocketRequest | None = None,
+    ) -> None:
+        self._receive = receive
+        self._send = send
+        self.session_id: str | None = None
+        self.session_cookie_secure = session_cookie_secure
+        self.session_id_validator = session_id_validator
+        self._session_cookie_pending = False
+        self.scope: Scope = scope if scope is not None else {"type": "websocket"}
+        self.request = request if request is not None else WebSocketRequest(self.scope)
+        #: The subprotocol chosen in ``accept`` (``None`` when there is none).
+        self.subprotocol: str | None = None
+        self._state = _State.CONNECTING
+        self._connect_pending = True  # serve_websocket reads websocket.connect itself
+        self._closed_by_handler = False
+        self._close_info: tuple[int, str] | None = None  # set when the client is gone
+        self._send_lock = anyio.Lock()
+        self._inbox: MemoryObjectReceiveStream[Message] | None = None
+        self._task_group: anyio.abc.TaskGroup | None = None
+
+    # --- state ---------------------------------------------------------------------------
+
+    @property
+    def accepted(self) -> bool:
+        """Whether the connection is open: accepted and not closed yet (MicroPie's flag)."""
+        return self._state is _State.OPEN
+
+    @property
+    def subprotocols(self) -> list[str]:
+        """The subprotocols the client offered, in its order of preference."""
+        return list(self.scope.get("subprotocols") or [])
+
+    def _connection_closed(self) -> ConnectionClosed:
+        code, reason = self._close_info or (1006, "")
+        return ConnectionClosed(code, reason)
+
+    def _client_left(self, code: int, reason: str) -> None:
+        if self._close_info is None:
+            self._close_info = (code, reason)
+        self._state = _State.CLOSED
+
+    # --- handshake -------------------------------------------------------------------------
+
+    async def accept(self, subprotocol: str | None = None, session_id: str | None = None) -> None:
+        """Accept the connection; nothing can be sent or received before this.
+
+        ``subprotocol`` must be one the client offered (``ValueError`` otherwise, when the server
+        said what was offered). ``session_id`` sets the session cookie to that id; it must pass
+        the app's validator (``ValueError``). The accept carries a ``Set-Cookie`` when the
+        connection has a new session id (see ``serve_websocket``). A second call raises
+        ``RuntimeError("WebSocket connection already accepted")``.
+        """
+        if self._state is _State.OPEN:
+            raise RuntimeError("WebSocket connection already accepted")
+        if self._close_info is not None:
+            raise self._connection_closed()
+        if self._state is _State.CLOSED:
+            raise RuntimeError("WebSocket connection is closed")
+        if self._connect_pending:
+            message = await self._receive()
+            if message["type"] != "websocket.connect":
+                raise ValueError(f"Expected websocket.connect, got {message['type']}")
+            self._connect_pending = False
+        offered = self.scope.get("subprotocols")
+        if subprotocol is not None and offered is not None and subprotocol not in offered:
+            raise ValueError(f"Subprotocol {subprotocol!r} was not offered by the client")
+        if session_id is not None:
+            self._use_session_id(session_id)
+        headers: list[tuple[bytes, bytes]] = []
+        if self._session_cookie_pending and self.session_id:
+            cookie = format_session_cookie(self.session_id, secure=self.session_cookie_secure)
+            headers.append((b"Set-Cookie", cookie.encode("latin-1")))
+            self._session_cookie_pending = False
+        message = {"type": "websocket.accept", "subprotocol": subprotocol, "headers": headers}
+        async with self._send_lock:
+            await self._send_or_closed(message)
+            self._state = _State.OPEN
+        self.subprotocol = subprotocol
+
+    def _use_session_id(self, session_id: str) -> None:
+        validator = self.session_id_validator
+        validated = validator(session_id) if validator is not None else session_id
+        if not isinstance(validated, str) or not validated:
+            raise ValueError("session_id was rejected by the session ID validator")
+        self.session_id = validated
+        self._session_cookie_pending = True
+
+    # --- receiving -------------------------------------------------------------------------
+
+    async def _next_message(self) -> Message:
+        """The next ``websocket.receive`` message, or ``ConnectionClosed``."""
+        if self._state is _State.CONNECTING and self._close_info is None:
+            raise RuntimeError(_NOT_ACCEPTED)
+        if self._inbox is None:
+            return await self._receive_directly()
+        try:
+            return await self._inbox.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            raise self._connection_closed() from None
+
+    async def _receive_directly(self) -> Message:
+        """``_next_message`` for a ``WebSocket`` built by hand: no pump, no limits."""
+        if self._close_info is not None:
+            raise self._connection_closed()
+        message = await self._receive()
+        if message["type"] == "websocket.receive":
+            return message
+        if message["type"] == "websocket.disconnect":
+            self._client_left(message.get("code", 1005), message.get("reason") or "")
+            raise self._connection_closed()
+        raise ValueError(f"Unexpected message type: {message['type']}")
+
+    async def receive(self) -> str | bytes:
+        """The next message: ``str`` for a text frame, ``bytes`` for a binary one.
+
+        Raises ``ConnectionClosed`` when the connection is over, ``RuntimeError`` before accept.
+        """
+        message = await self._next_message()
+        text = message.get("text")
+        if text is not None:
+            return str(text)
+        return bytes(message.get("bytes") or b"")
+
+    async def receive_text(self) -> str:
+        """The next message as text; a binary frame is decoded as UTF-8 (bad bytes dropped)."""
+        message = await self._next_message()
+        text = message.get("text")
+        if text is not None:
+            return str(text)
+        return bytes(message.get("bytes") or b"").decode("utf-8", "ignore")
+
+    async def receive_bytes(self) -> bytes:
+        """The next message as bytes; a text frame is encoded as UTF-8."""
+        message = await self._next_message()
+        data = message.get("bytes")
+        if data is not None:
+            return bytes(data)
+        return str(message.get("text") or "").encode("utf-8")
+
+    async def receive_json(self) -> Any:
+        """The next message (text or binary) parsed as JSON; ``ValueError`` if it is not JSON."""
+        data = await self.receive()
+        return json_codec.loads(data.encode("utf-8") if isinstance(data, str) else data)
+
+    def __aiter__(self) -> WebSocket:
+        """``async for message in ws`` yields ``receive()`` results until the connection ends."""
+        return self
+
+    async def __anext__(self) -> str | bytes:
+        try:
+            return await self.receive()
+        except ConnectionClosed:
+            raise StopAsyncIteration from None
+
+    # --- sending ---------------------------------------------------------------------------
+
+    async def _send_or_closed(self, message: Message) -> None:
+        """Hand ``message`` to the server; a server that says the peer is gone (``OSError``,
+        ASGI 2.4) makes it ``ConnectionClosed``."""
+        try:
+            await self._send(message)
+        except OSError as exc:
+            self._client_left(1006, "")
+            raise self._connection_closed() from exc
+
+    async def _send_frame(self, message: Message) -> None:
+        async with self._send_lock:
+            if self._state is not _State.OPEN:
+                if self._close_info is not None and not self._closed_by_handler:
+                    raise self._connection_closed()
+                raise RuntimeError(_NOT_ACCEPTED)
+            await self._send_or_closed(message)
+
+    async def send_text(self, data: str) -> None:
+        """Send a text message. ``RuntimeError`` before accept or after ``close()``;
+        ``ConnectionClosed`` after the client left."""
+        await self._send_frame({"type": "websocket.send", "text": data})
+
+    async def send_bytes(self, data: bytes) -> None:
+        """Send a binary message (same errors as ``send_text``)."""
+        await self._send_frame({"type": "websocket.send", "bytes": data})
+
+    async def send_json(self, data: Any) -> None:
+        """Send ``data`` serialised as JSON in a text message."""
+        await self.send_text(json_codec.dumps(data))
+
+    async def send(self, data: str | bytes | Mapping[str, Any]) -> None:
+        """Send a text (``str``) or binary (``bytes``) message.
+
+        A raw ASGI message (a mapping, as MicroPie's ``ws.send`` took) also works: it goes
+        through ``accept``, ``send_*`` or ``close`` so the connection state stays right.
+        """
+        if isinstance(data, str):
+            await self.send_text(data)
+        elif isinstance(data, bytes | bytearray | memoryview):
+            await self.send_bytes(bytes(data))
+        else:
+            await self._send_raw_message(data)
+
+    async def _send_raw_message(self, message: Mapping[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "websocket.accept":
+            await self.accept(message.get("subprotocol"))
+        elif kind == "websocket.close":
+            await self.close(message.get("code", 1000), message.get("reason"))
+        elif kind == "websocket.send" and message.get("bytes") is not None:
+            await self.send_bytes(bytes(message["bytes"]))
+        elif kind == "websocket.send":
+            await self.send_text(message["text"])
+        else:
+            raise ValueError(f"Unexpected message type: {kind}")
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None:
+        """Close the connection with ``code`` and ``reason``.
+
+        Does nothing if the connection is not open (MicroPie's rule). After it, sends raise
+        ``RuntimeError``; ``receive_*`` returns what the client sent before it saw the close,
+        then raises ``ConnectionClosed``.
+        """
+        async with self._send_lock:
+            if self._state is not _State.OPEN:
+                return
+            self._state = _State.CLOSED
+            self._closed_by_handler = True
+            await self._send_or_closed(_close_message(code, reason or ""))
+
+    # --- tasks -----------------------------------------------------------------------------
+
+    def start_soon(self, function: Callable[..., Any], *args: Any) -> None:
+        """Run ``function(*args)`` in a task that lives exactly as long as the connection.
+
+        It is cancelled when the handler ends (or the client leaves and the handler is
+        cancelled); if it raises, the handler is cancelled and the connection closes with 1011.
+        ``RuntimeError`` when the connection is not being served.
+        """
+        if self._task_group is None:
+            raise RuntimeError("start_soon() needs a connection that is being served")
+        self._task_group.start_soon(function, *args)
+
+    # --- the connection's lifetime (used by serve_websocket) -------------------------------
+
+    async def _serve(self, call: Callable[[], Any], max_message_size: int | None) -> None:
+        """Run the handler ``call`` with the pump beside it; return when both are done.
+
+        Raises what the handler (or a ``start_soon`` task) raised, unwrapped when it is alone.
+        """
+        inbox_send, inbox = anyio.create_memory_object_stream[Message](INBOX_SIZE)
+        self._inbox = inbox
+        handler_scope = anyio.CancelScope()
+        try:
+            with inbox, collapse_excgroups():
+                async with anyio.create_task_group() as task_group:
+                    self._task_group = task_group
+                    task_group.start_soon(self._pump, inbox_send, handler_scope, max_message_size)
+                    try:
+                        with handler_scope:
+                            result = call()
+                            if inspect.isawaitable(result):
+                                await result
+                    finally:
+                        task_group.cancel_scope.cancel()
+        finally:
+            self._task_group = None
+
+    async def _pump(
+        self,
+        inbox: MemoryObjectSendStream[Message],
+        handler_scope: anyio.CancelScope,
+        max_message_size: int | None,
+    ) -> None:
+        """Own ``receive()``: feed messages to the handler, notice the client leaving."""
+        with inbox:
+            while True:
+                try:
+                    message = await self._receive()
+                except Exception:
+                    logger.debug("WebSocket receive() failed; treating it as a disconnect",
+                                 exc_info=True)
+                    message = {"type": "websocket.disconnect", "code": 1006}
+                kind = message.get("type")
+                if kind == "websocket.disconnect":
+                    self._client_left(message.get("code", 1005), message.get("reason") or "")
+                    break
+                if kind != "websocket.receive":
+                    continue
+                if _too_big(message, max_message_size):
+                    if await self._refuse_oversized():
+                        break
+                    continue
+                await inbox.send(message)
+        if not self._closed_by_handler:
+            await anyio.sleep(DISCONNECT_GRACE)
+            handler_scope.cancel()
+
+    async def _refuse_oversized(self) -> bool:
+        """Close with 1009 if the connection is open; return whether it was."""
+        async with self._send_lock:
+            if self._state is not _State.OPEN:
+                return False
+            self._client_left(*_TOO_BIG)
+            try:
+                await self._send(_close_message(*_TOO_BIG))
+            except OSError:
+                logger.debug("Could not send close 1009", exc_info=True)
+        return True
+
+    async def _finish(self, failed: bool) -> None:
+        """Close the connection if the handler left it open (1000, or 1011 after an error)."""
+        if self._close_info is not None or self._closed_by_handler:
+            return
+        code, reason = _INTERNAL_ERROR if failed else (1000, "")
+        await self._close_quietly(code, reason)
+
+    async def _going_away(self) -> None:
+        """Server shutdown: close with 1001, shielded and bounded, whatever the state."""
+        with anyio.move_on_after(SHUTDOWN_CLOSE_TIMEOUT, shield=True):
+            if self._close_info is None and not self._closed_by_handler:
+                await self._close_quietly(*_GOING_AWAY)
+
+    async def _close_quietly(self, code: int, reason: str) -> None:
+        self._state = _State.CLOSED
+        self._closed_by_handler = True
+        try:
+            await self._send(_close_message(code, reason))
+        except Exception:
+            logger.debug("Could not send WebSocket close %s", code, exc_info=True)
+
+
+def _too_big(message: Message, limit: int | None) -> bool:
+    """Whether a ``websocket.receive`` message exceeds ``limit`` bytes (text as UTF-8)."""
+    if limit is None:
+        return False
+    data = message.get("bytes")
+    if data is not None:
+        return len(data) > limit
+    text = message.get("text") or ""
+    if len(text) > limit:  # every character takes at least one byte…
+        return True
+    if len(text) * 4 <= limit:  # …and at most four: only the middle ground needs encoding
+        return False
+    return len(text.encode("utf-8", "surrogatepass")) > limit
+
+
+def _only_connection_closed(error: BaseException) -> bool:
+    """Whether ``error`` (or every exception in a group) is a ``ConnectionClosed``."""
+    if isinstance(error, ConnectionClosed):
+        return True
+    if isinstance(error, BaseExceptionGroup):
+        _, rest = error.split(ConnectionClosed)
+        return rest is None
+    return False
+
+
+# --- serving one connection ---------------------------------------------------------------
 
 
 async def serve_websocket(app: App, scope: Scope, receive: Receive, send: Send) -> None:
-    await send({"type": "websocket.close", "code": 1011, "reason": "Not implemented"})
+    """The ASGI call for one WebSocket connection (see the module docstring for the steps).
+
+    Sessions follow MicroPie 0.32: a connection without a valid session cookie gets a new id at
+    once and ``accept()`` sends it as a cookie, because a cookie can only reach the browser on
+    the handshake response, before the handler could have said whether it needs one. A cookie
+    whose session is unknown is replaced the same way (fixation defence). The session is saved
+    after the handler and ``after_websocket`` (deleted when emptied), not after an error.
+    """
+    first = await receive()
+    if first.get("type") == "websocket.disconnect":
+        return  # the client left during the handshake
+    request = WebSocketRequest(scope)
+    token = current_request.set(request)
+    try:
+        try:
+            state = await load_session(app, request)
+            await _before_websocket(app, request)
+            handler, plan = _route(app, request)
+            ws = WebSocket(
+                receive,
+                send,
+                session_cookie_secure=app.session_cookie_secure,
+                session_id_validator=partial(checked_session_id, app),
+                scope=scope,
+                request=request,
+            )
+            ws._connect_pending = False
+            args, kwargs = _bind(plan, ws, request)
+            await _assign_session_id(app, ws, state)
+        except _Refused as refused:
+            await send(_close_message(refused.code, refused.reason))
+            return
+        except Exception:
+            logger.exception("WebSocket connection to %s failed before its handler", request.path)
+            await send(_close_message(*_INTERNAL_ERROR))
+            return
+        await _run_connection(app, ws, request, state, partial(handler, *args, **kwargs))
+    finally:
+        current_request.reset(token)
+
+
+async def _run_connection(
+    app: App,
+    ws: WebSocket,
+    request: WebSocketRequest,
+    state: SessionState,
+    call: Callable[[], Any],
+) -> None:
+    max_size = getattr(app, "ws_max_message_size", DEFAULT_MAX_MESSAGE_SIZE)
+    failed = False
+    try:
+        await ws._serve(call, max_size)
+    except anyio.get_cancelled_exc_class():
+        await ws._going_away()
+        raise
+    except BaseException as error:
+        if not isinstance(error, Exception | BaseExceptionGroup):
+            raise  # KeyboardInterrupt, SystemExit
+        if not _only_connection_closed(error):
+            failed = True
+            logger.error(
+                "Unhandled exception in WebSocket handler for %s", request.path, exc_info=error
+            )
+    failed = not await _after_websocket(app, request) or failed
+    if not failed:
+        failed = not await _save_session(app, request, ws, state)
+    await ws._finish(failed)
+
+
+# --- the steps ----------------------------------------------------------------------------
+
+
+async def _before_websocket(app: App, request: WebSocketRequest) -> None:
+    for middleware in app.ws_middlewares:
+        result = await middleware.before_websocket(request)
+        if result:
+            raise _Refused(result.get("code", 1008), result.get("reason", "Middleware rejected"))
+
+
+async def _after_websocket(app: App, request: WebSocketRequest) -> bool:
+    """Run every ``after_websocket``; return ``False`` if one raised (it is logged)."""
+    for middleware in app.ws_middlewares:
+        try:
+            await middleware.after_websocket(request)
+        except Exception:
+            logger.exception("after_websocket failed for %s", request.path)
+            return False
+    return True
+
+
+def _route(app: App, request: WebSocketRequest) -> tuple[Callable[..., Any], routing.HandlerPlan]:
+    """``/chat/x`` → ``ws_chat`` with path parameters ``["x"]``; ``/`` → ``ws_index``.
+
+    Middleware may name the handler in ``request._ws_route_handler`` and set
+    ``request.path_params`` (kept when non-empty, as for HTTP). No index fallback.
+    """
+    from .app import App
+
+    path = request.path.lstrip("/")
+    segments = path.split("/") if path else []
+    name = segments[0] if segments else "index"
+    if name.startswith("_"):
+        raise _Refused(1008, "Private handler not allowed")
+    handler_name = getattr(request, "_ws_route_handler", None) or f"ws_{name}"
+    if not request.path_params:
+        request.path_params = segments[1:]
+    found = routing.resolve_handler(app, handler_name, App)
+    if isinstance(found, routing.Lookup):
+        raise _Refused(1008, "No matching WebSocket route")
+    raw, handler = found
+    return handler, routing.plan_for(raw, handler)
+
+
+def _bind(
+    plan: routing.HandlerPlan, ws: WebSocket, request: WebSocketRequest
+) -> tuple[list[Any], dict[str, Any]]:
+    """The handler's arguments: the ``WebSocket``, then path segment → query → default."""
+    if not plan.parameters:
+        raise _Refused(1011, "WebSocket handler must accept a connection argument")
+    first, *rest = plan.parameters
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    if first.kind is inspect.Parameter.KEYWORD_ONLY:
+        kwargs[first.name] = ws
+    elif first.kind is inspect.Parameter.VAR_KEYWORD:
+        kwargs["ws"] = ws
+    else:
+        args.append(ws)
+    used = {first.name}
+    path, position = request.path_params, 0
+    query = request.query_params
+    for parameter in rest:
+        if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
+            args.extend(path[position:])
+            position = len(path)
+            continue
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            continue
+        if position < len(path):
+            value, position = path[position], position + 1
+        elif query.get(parameter.name):
+            value = query[parameter.name][0]
+        elif parameter.default is not inspect.Parameter.empty:
+            value = parameter.default
+        else:
+            raise _Refused(1008, f"Missing required parameter '{parameter.name}'")
+        if parameter.coerce is not None and isinstance(value, str):
+            try:
+                value = parameter.coerce(value)
+            except ValueError:
+                raise _Refused(1008, f"Invalid value for parameter '{parameter.name}'") from None
+        used.add(parameter.name)
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY:
+            kwargs[parameter.name] = value
+        else:
+            args.append(value)
+    if plan.var_keyword:
+        for name, values in query.items():
+            if values and name not in used and name not in kwargs:
+                kwargs[name] = values[0]
+    return args, kwargs
+
+
+async def _assign_session_id(app: App, ws: WebSocket, state: SessionState) -> None:
+    """Give the connection its session id before accept (MicroPie 0.32's rules).
+
+    A valid cookie whose session loaded empty is dropped (fixation defence); without an id a new
+    one is made. Either way ``accept()`` will send the new id as a cookie.
+    """
+    if state.session_id is not None and state.was_empty:
+        await state.backend.save(state.session_id, {}, 0)
+        state.session_id = None
+        ws._session_cookie_pending = True
+    elif state.session_id is None:
+        ws._session_cookie_pending = True
+        ws.__dict__["_had_no_cookie"] = True
+    ws.session_id = state.session_id or new_session_id(app)
+
+
+async def _save_session(
+    app: App, request: WebSocketRequest, ws: WebSocket, state: SessionState
+) -> bool:
+    """Save (or delete) the session under the connection's id; ``False`` if that failed."""
+    try:
+        if request.session and ws.session_id:
+            await state.backend.save(ws.session_id, request.session, app.session_timeout)
+        elif state.session_id is not None and ws.session_id:
+            await state.backend.save(ws.session_id, {}, 0)
+    except Exception:
+        logger.exception("Saving the session failed for WebSocket %s", request.path)
+        return False
+    return True

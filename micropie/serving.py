@@ -1,0 +1,315 @@
+"""Serve any ASGI app on hypercorn, from inside a trio or asyncio program or from a script.
+
+Theory of operation
+-------------------
+``serve()`` runs hypercorn's worker for the event loop it finds itself on (trio or asyncio)
+inside the caller's own task group, and keeps three promises:
+
+1. **The address is known before anyone connects.** We create and bind the listening sockets
+   ourselves (through hypercorn's ``Config.create_sockets``, so every bind rule is hypercorn's)
+   and put them in listening state at once. Port 0 therefore works on both workers, even though
+   ``hypercorn.asyncio.serve`` has no ``task_status``. A client that connects while the app is
+   still starting up waits in the kernel's backlog instead of being refused.
+
+2. **``started()`` means "ready".** ``task_status.started((host, port))`` is called once the
+   app has acknowledged ``lifespan.startup`` (or has declined the lifespan protocol, which
+   hypercorn tolerates). A thin wrapper around the app watches the lifespan messages to learn
+   this; every other scope goes straight through. A failed startup never calls ``started()``:
+   the error propagates to whoever called ``task_group.start(serve, ...)``.
+
+3. **Cancelling the caller's scope stops the server gracefully, on both backends.** Cancelling
+   ``hypercorn.asyncio`` from outside corrupts its shutdown (``InvalidStateError``), and
+   cancelling the trio worker skips the app's lifespan shutdown. So hypercorn always runs in a
+   shielded child task and is only ever stopped through its ``shutdown_trigger``: the serving
+   task turns its own cancellation (or the caller's ``shutdown_trigger`` returning) into that
+   trigger, then waits for hypercorn. The shield is bounded by hypercorn's own timeouts: open
+   connections get ``graceful_timeout`` (default 3 s) to finish and are then cancelled (idle
+   keep-alive connections are closed at once), then lifespan shutdown gets
+   ``shutdown_timeout``. A cancellation that arrives during startup takes effect once startup
+   is over (bounded by ``startup_timeout``).
+
+Apps that "decline" lifespan by returning at once from the lifespan call crash hypercorn's trio
+worker; ``_StartupWatcher`` turns that return into an exception, which both workers read as
+"no lifespan support" (see ``LifespanNotSupportedError``).
+
+Hypercorn is an optional dependency (``pip install micropie[serve]``) and is imported lazily.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+import anyio
+from anyio.abc import TaskStatus
+
+from .types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from hypercorn.config import Config, Sockets
+    from hypercorn.typing import AppWrapper
+
+__all__ = ["run", "serve"]
+
+logger = logging.getLogger("micropie")
+
+ShutdownTrigger = Callable[[], Awaitable[object]]
+
+_INSTALL_HINT = "Serving needs hypercorn: pip install micropie[serve]"
+
+# Hypercorn options that `host`/`port` own: a second way to bind would make the address that
+# `started()` reports ambiguous.
+_BIND_OPTIONS = frozenset({"bind", "insecure_bind", "quic_bind"})
+
+
+async def serve(
+    app: ASGIApp,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    task_status: TaskStatus[tuple[str, int]] = anyio.TASK_STATUS_IGNORED,
+    shutdown_trigger: ShutdownTrigger | None = None,
+    **config_options: Any,
+) -> None:
+    """Serve ``app`` on hypercorn until cancelled or until ``shutdown_trigger`` returns.
+
+    Runs on whichever event loop is current (trio or asyncio) and is meant to live in the
+    caller's task group::
+
+        host, port = await task_group.start(partial(serve, app, port=0))
+
+    ``task_status.started((host, port))`` reports the bound address (port 0 picks a free port)
+    once the app's lifespan startup is complete. ``config_options`` are hypercorn ``Config``
+    attributes (``graceful_timeout=1``, ``keep_alive_timeout=...``, ``certfile``/``keyfile``...).
+
+    Returns after a graceful shutdown caused by ``shutdown_trigger``; re-raises the caller's
+    cancellation after a graceful shutdown caused by it (see the module docstring for bounds).
+    Raises ``ImportError`` without hypercorn, ``TypeError`` for an unknown option, ``OSError``
+    when the address cannot be bound, and hypercorn's ``LifespanFailureError`` when the app
+    fails its startup (``started()`` is then never called). Installs no signal handlers: that
+    is the caller's business (``run()`` does it for scripts).
+    """
+    config = _make_config(host, port, config_options)
+    sockets = config.create_sockets()
+    try:
+        for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
+            sock.listen(config.backlog)
+        address = _bound_address(sockets)
+        watcher = _StartupWatcher(app)
+        await _serve_until_stopped(
+            _wrap(watcher, config), config, sockets, address, watcher, task_status, shutdown_trigger
+        )
+    finally:
+        # The asyncio worker closes its sockets itself, the trio worker never does; closing a
+        # closed socket is a no-op, so close them all here.
+        for sock in [*sockets.secure_sockets, *sockets.insecure_sockets, *sockets.quic_sockets]:
+            sock.close()
+
+
+def run(
+    app: ASGIApp,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    backend: Literal["trio", "asyncio"] = "trio",
+    **config_options: Any,
+) -> None:
+    """Serve ``app`` in this process until SIGINT or SIGTERM; blocks. For scripts.
+
+    Starts an event loop with ``anyio.run`` on ``backend`` and shuts down gracefully on the
+    first SIGINT or SIGTERM (open requests get ``graceful_timeout``, then lifespan shutdown
+    runs). Raises what ``serve()`` raises, e.g. ``LifespanFailureError`` for a failed startup.
+    """
+    _config_class()  # without hypercorn, fail before starting an event loop
+    anyio.run(
+        partial(_serve_until_signalled, app, host=host, port=port, **config_options),
+        backend=backend,
+    )
+
+
+async def _serve_until_signalled(app: ASGIApp, **options: Any) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+
+        async def first_signal() -> None:
+            async for signum in signals:
+                logger.info("Received %s, shutting down", signal.Signals(signum).name)
+                return
+
+        await serve(app, shutdown_trigger=first_signal, **options)
+
+
+async def _serve_until_stopped(
+    hypercorn_app: AppWrapper,
+    config: Config,
+    sockets: Sockets,
+    address: tuple[str, int],
+    watcher: _StartupWatcher,
+    task_status: TaskStatus[tuple[str, int]],
+    shutdown_trigger: ShutdownTrigger | None,
+) -> None:
+    """Run hypercorn shielded in a child task; stop it through its trigger, never by cancelling.
+
+    This task reports ``started()`` itself (anyio and trio expect the started task to do so)
+    and turns its own cancellation into ``stop``; hypercorn's child task then shuts down
+    gracefully and the task group waits for it.
+    """
+    worker_serve = _worker_serve_for_current_backend()
+    stop = anyio.Event()
+    done = anyio.Event()
+    failure: Exception | None = None
+
+    async def run_hypercorn() -> None:
+        nonlocal failure
+        try:
+            with anyio.CancelScope(shield=True):
+                await worker_serve(
+                    hypercorn_app, config, sockets=sockets, shutdown_trigger=stop.wait
+                )
+        except Exception as exc:
+            # Raised below, outside our task group, so that callers see the error itself: not
+            # wrapped by our task group, nor by the trio worker's nurseries.
+            failure = _unwrap(exc)
+        finally:
+            done.set()
+            watcher.ready.set()  # wake the waiter below even when startup never completed
+
+    async with anyio.create_task_group() as task_group:
+        task_group.start_soon(run_hypercorn)
+        if shutdown_trigger is not None:
+            task_group.start_soon(_set_when_returned, shutdown_trigger, stop)
+        try:
+            await watcher.ready.wait()
+            if not done.is_set():
+                task_status.started(address)
+            await done.wait()
+        finally:
+            stop.set()
+            task_group.cancel_scope.cancel()  # the trigger; hypercorn's task is shielded
+    if failure is not None:
+        raise failure
+
+
+def _unwrap(error: Exception) -> Exception:
+    while isinstance(error, ExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
+
+
+async def _set_when_returned(trigger: ShutdownTrigger, stop: anyio.Event) -> None:
+    try:
+        await trigger()
+    finally:
+        stop.set()
+
+
+class LifespanNotSupportedError(Exception):
+    """Raised to hypercorn for an app whose lifespan call returned before ``lifespan.shutdown``.
+
+    Many apps "support" lifespan by returning at once (``if scope["type"] != "http":
+    return``). Hypercorn's trio worker then crashes (``ClosedResourceError``) when it sends the
+    next lifespan event, while an exception makes both workers carry on without lifespan, as the
+    ASGI spec asks. So an early return is turned into this exception.
+    """
+
+
+class _StartupWatcher:
+    """Pass every scope to the app; set ``ready`` once lifespan startup is over.
+
+    "Over" means the app sent ``lifespan.startup.complete``, or its lifespan call ended without
+    reporting a failure (an app that does not speak lifespan: hypercorn carries on without it).
+    After ``lifespan.startup.failed`` hypercorn aborts, so ``ready`` stays unset.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.ready = anyio.Event()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        startup_failed = False
+        shutdown_received = False
+
+        async def watch_receive() -> Message:
+            nonlocal shutdown_received
+            message = await receive()
+            shutdown_received = shutdown_received or message["type"] == "lifespan.shutdown"
+            return message
+
+        async def watch_send(message: Message) -> None:
+            nonlocal startup_failed
+            startup_failed = startup_failed or message["type"] == "lifespan.startup.failed"
+            await send(message)
+            if message["type"] == "lifespan.startup.complete":
+                self.ready.set()
+
+        try:
+            await self.app(scope, watch_receive, watch_send)
+            if not shutdown_received and not startup_failed:
+                raise LifespanNotSupportedError("the app's lifespan call returned early")
+        finally:
+            if not startup_failed:
+                self.ready.set()
+
+
+def _make_config(host: str, port: int, options: dict[str, Any]) -> Config:
+    config = _config_class()()
+    for name, value in options.items():
+        if name in _BIND_OPTIONS:
+            raise TypeError(f"serve() binds host= and port=; {name}= is not supported")
+        if name.startswith("_") or not hasattr(config, name):
+            raise TypeError(f"serve() got an unknown hypercorn option {name!r}")
+        setattr(config, name, value)
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    return config
+
+
+def _bound_address(sockets: Sockets) -> tuple[str, int]:
+    sock = [*sockets.secure_sockets, *sockets.insecure_sockets][0]
+    host, port = sock.getsockname()[:2]
+    return str(host), int(port)
+
+
+def _wrap(app: ASGIApp, config: Config) -> AppWrapper:
+    from hypercorn.typing import ASGIFramework
+    from hypercorn.utils import wrap_app
+
+    # Our ASGI aliases are plain mappings; hypercorn's are TypedDicts describing the same thing.
+    return wrap_app(cast("ASGIFramework", app), config.wsgi_max_body_size, "asgi")
+
+
+def _worker_serve_for_current_backend() -> Callable[..., Awaitable[None]]:
+    """Hypercorn's worker loop for the running event loop.
+
+    We call ``worker_serve`` (what hypercorn's public ``serve`` and its worker processes call)
+    because it accepts pre-bound ``sockets`` on both backends; the public ``serve`` does not.
+    """
+    if _current_backend() == "trio":
+        from hypercorn.trio.run import worker_serve as trio_worker_serve
+
+        return trio_worker_serve
+    from hypercorn.asyncio.run import worker_serve as asyncio_worker_serve
+
+    return asyncio_worker_serve
+
+
+def _current_backend() -> str:
+    try:
+        import sniffio
+    except ImportError:  # trio depends on sniffio: without it, this cannot be trio
+        return "asyncio"
+    return sniffio.current_async_library()
+
+
+def _config_class() -> type[Config]:
+    """Hypercorn's ``Config``, or an ``ImportError`` that says how to install it."""
+    try:
+        from hypercorn.config import Config
+    except ImportError as exc:
+        raise ImportError(_INSTALL_HINT) from exc
+    return Config

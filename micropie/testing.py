@@ -1,0 +1,719 @@
+"""An in-process test client for ASGI apps, on asyncio and trio.
+
+``TestClient`` is an ``httpx.AsyncClient`` whose transport calls an ASGI app directly: no socket,
+no server, no thread. It runs on whichever backend the test runs on, because everything it does
+goes through anyio.
+
+Theory of operation
+-------------------
+*Who owns the tasks.* Used as ``async with TestClient(app) as client``, the client opens an anyio
+task group in ``__aenter__`` and closes it in ``__aexit__``. The lifespan call and every request's
+app call run as tasks in that group, so nothing the app does can outlive the ``async with`` block.
+An app call never raises into the group: its exception is stored and re-raised in the test, in the
+task that made the request, as itself (never wrapped in an ``ExceptionGroup``).
+
+*Streaming and backpressure.* A request returns as soon as the app sends ``http.response.start``.
+The body then flows through a bounded anyio memory stream of ``RESPONSE_BUFFER_CHUNKS`` chunks:
+when the test reads slowly, the app's ``await send(...)`` blocks, as it would behind a socket whose
+peer stops reading. ``client.get(...)`` reads the whole body, ``client.stream(...)`` lets the test
+read chunk by chunk while the app is still running.
+
+*What a disconnect means.* ``receive()`` hands the app the request body (``http.request`` messages
+in the chunks httpx produced, ``more_body`` true until the last) and then blocks. It returns
+``{"type": "http.disconnect"}`` once the response is complete or the client left: the test closed
+the response before its end (left ``client.stream(...)`` early) or the request was cancelled.
+After the client left, ``send()`` drops every message, like a server does; it raises nothing,
+because this client speaks ASGI spec 2.3. Closing a response then waits for the app call to
+return, at most ``disconnect_timeout`` seconds. An app still running after that has outlived its
+client, which is a bug in the app under test: it is cancelled and ``AppOutlivedClientError`` is
+raised. ``client.get(...)`` therefore returns only after the app call has returned, so work the
+app does after its last body chunk has happened (and its exceptions surface) by then.
+
+*Without ``async with``.* ``client = TestClient(app)`` works too, with no lifespan: each request
+opens its own task group, runs the app to completion and buffers the whole body before the
+response is handed back. An endless stream (server-sent events) then never returns; stream those
+inside ``async with``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    MutableMapping,
+)
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from types import AsyncGeneratorType, TracebackType
+from typing import Any, Self, TypeVar
+
+import anyio
+import anyio.lowlevel
+import httpx
+from anyio.abc import TaskGroup
+
+__all__ = [
+    "ASGIProtocolError",
+    "AppOutlivedClientError",
+    "LifespanError",
+    "TestClient",
+]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+logger = logging.getLogger("micropie")
+_T = TypeVar("_T")
+
+#: Response body chunks the app may send ahead of the reader before its ``send()`` blocks. Small
+#: on purpose: a test should see the app wait for a slow reader, as it would behind a socket.
+RESPONSE_BUFFER_CHUNKS = 1
+
+#: 2.3: ``send()`` after a disconnect is dropped silently (2.4 would make it raise ``OSError``).
+_ASGI = {"version": "3.0", "spec_version": "2.3"}
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+class ASGIProtocolError(RuntimeError):
+    """The app broke the ASGI contract: messages out of order, or no response at all."""
+
+
+class AppOutlivedClientError(RuntimeError):
+    """An app call kept running ``disconnect_timeout`` seconds after its client left.
+
+    The client had been told (``http.disconnect``, or ``lifespan.shutdown`` answered); the call has
+    been cancelled. An ASGI app must return promptly once its client is gone, so this is a bug in
+    the app under test, not in the test.
+    """
+
+
+class LifespanError(RuntimeError):
+    """The app answered ``lifespan.startup.failed`` or ``lifespan.shutdown.failed``."""
+
+    def __init__(self, phase: str, message: str) -> None:
+        super().__init__(f"lifespan {phase} failed" + (f": {message}" if message else ""))
+        self.phase = phase
+        self.message = message
+
+
+# -- helpers shared by every kind of connection (HTTP now, WebSocket later) ---------------------
+
+
+@contextmanager
+def _collapse_exception_groups() -> Iterator[None]:
+    """Let a task group's lone exception out as itself; keep real groups (2+ errors) intact."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        exc: BaseException = group
+        while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+            exc = exc.exceptions[0]
+        if exc is group:
+            raise
+        context = exc.__context__
+        try:
+            raise exc  # the group around it is noise; its own context is restored below
+        finally:
+            exc.__context__ = context
+
+
+@asynccontextmanager
+async def _open_task_group() -> AsyncIterator[TaskGroup]:
+    """An anyio task group whose single exceptions come out unwrapped."""
+    with _collapse_exception_groups():
+        async with anyio.create_task_group() as task_group:
+            yield task_group
+
+
+def _build_scope(
+    scope_type: str,
+    url: httpx.URL,
+    headers: httpx.Headers,
+    *,
+    client: tuple[str, int],
+    root_path: str,
+    state: dict[str, Any],
+) -> Scope:
+    """The connection scope common to ``http`` and ``websocket``.
+
+    ``path`` is the whole (percent-decoded) request path, ``root_path`` only says where the app is
+    mounted, as hypercorn does it: request ``/sub/x`` to reach ``/x`` of an app mounted at ``/sub``.
+    ``state`` is a shallow copy of the lifespan state, per the ASGI lifespan-state extension.
+    """
+    return {
+        "type": scope_type,
+        "asgi": dict(_ASGI),
+        "http_version": "1.1",
+        "scheme": url.scheme,
+        "server": (url.host, url.port or _DEFAULT_PORTS.get(url.scheme, 80)),
+        "client": client,
+        "root_path": root_path,
+        "path": url.path,
+        "raw_path": url.raw_path.split(b"?", 1)[0],
+        "query_string": url.query,
+        "headers": [(key.lower(), value) for key, value in headers.raw],
+        "state": dict(state),
+    }
+
+
+class _AppCall:
+    """One call of the app (a connection, or the lifespan) running as a task the client owns.
+
+    The task never lets an app exception into the task group (that would cancel the whole test):
+    it stores it in ``error`` for the side that talks to the app to re-raise. Cancellation and
+    other ``BaseException``s do propagate. ``on_finish`` runs when the call has ended either way.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        description: str,
+        on_finish: Callable[[], None],
+    ) -> None:
+        self.description = description
+        self.error: Exception | None = None
+        self.finished = anyio.Event()
+        self._app, self._scope, self._receive, self._send = app, scope, receive, send
+        self._on_finish = on_finish
+        self._cancel_scope = anyio.CancelScope()
+
+    async def run(self) -> None:
+        with self._cancel_scope:
+            try:
+                await self._app(self._scope, self._receive, self._send)
+            except Exception as exc:
+                self.error = exc
+            finally:
+                self._on_finish()
+                self.finished.set()
+
+    async def wait_finished(self, grace: float, *, after: str) -> None:
+        """Wait for the call to return, ``after`` its client told it to; cancel it if it won't.
+
+        Shielded so that a cancelled test still cleans up; bounded by ``grace`` seconds, and as
+        long again for a cancelled call to unwind. Raises ``AppOutlivedClientError`` when the call
+        had to be cancelled.
+        """
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(grace):
+                await self.finished.wait()
+            if self.finished.is_set():
+                return
+            self._cancel_scope.cancel()
+            with anyio.move_on_after(grace):
+                await self.finished.wait()
+        fate = "was cancelled" if self.finished.is_set() else "ignores cancellation, still running"
+        raise AppOutlivedClientError(
+            f"{self.description} was still running {grace:g} s after {after} ({fate}). An ASGI"
+            " app must return promptly once its client is gone: this is a bug in the app under"
+            " test."
+        )
+
+
+# -- HTTP ----------------------------------------------------------------------------------------
+
+
+class _HTTPExchange:
+    """One HTTP request/response between the test (the client) and one app call.
+
+    The app side is ``receive``/``send``; the client side is ``response_ready``, ``status``,
+    ``headers``, ``read_chunk`` and ``close``.
+    """
+
+    def __init__(self, request: httpx.Request, scope: Scope, transport: _ASGITransport) -> None:
+        if not isinstance(request.stream, httpx.AsyncByteStream):
+            raise TypeError("TestClient needs an async request body (use the async httpx API)")
+        self._request_chunks = aiter(request.stream)
+        self._body_started = False
+        self._next_chunk: bytes | None = None
+        self._request_complete = False
+        self._is_head = request.method == "HEAD"
+        self._raise_app_exceptions = transport.raise_app_exceptions
+        self._disconnect_timeout = transport.disconnect_timeout
+
+        self.status: int | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.response_ready = anyio.Event()  # response started, or the app call ended
+        self._response_complete = False
+        self._client_left = False
+        self._disconnected = anyio.Event()  # response complete, or client left
+        self._body_send, self._body_receive = anyio.create_memory_object_stream[bytes](
+            RESPONSE_BUFFER_CHUNKS
+        )
+        self._error_reported = False
+        self.call = _AppCall(
+            transport.app,
+            scope,
+            self._receive,
+            self._send,
+            description=f"The app call for {request.method} {request.url.raw_path.decode()}",
+            on_finish=self._on_app_finished,
+        )
+
+    # The app's side.
+
+    async def _receive(self) -> Message:
+        if not self._request_complete and not self._client_left:
+            return await self._request_message()
+        await self._disconnected.wait()
+        return {"type": "http.disconnect"}
+
+    async def _request_message(self) -> Message:
+        # Read one chunk ahead, so that the last chunk itself carries more_body=False.
+        if not self._body_started:
+            self._body_started = True
+            self._next_chunk = await self._read_request_chunk()
+        chunk = self._next_chunk
+        self._next_chunk = None if chunk is None else await self._read_request_chunk()
+        more_body = self._next_chunk is not None
+        self._request_complete = not more_body
+        return {"type": "http.request", "body": chunk or b"", "more_body": more_body}
+
+    async def _read_request_chunk(self) -> bytes | None:
+        async for chunk in self._request_chunks:
+            if chunk:
+                return chunk
+        return None
+
+    async def _send(self, message: Message) -> None:
+        if self._client_left:
+            await anyio.lowlevel.checkpoint()  # nobody will read it; a server drops it too
+            return
+        message_type = message["type"]
+        if message_type == "http.response.start":
+            self._start_response(message)
+        elif message_type == "http.response.body":
+            await self._send_body(message)
+        else:
+            raise ASGIProtocolError(f"unexpected message {message_type!r} on an http connection")
+
+    def _start_response(self, message: Message) -> None:
+        if self.status is not None:
+            raise ASGIProtocolError("http.response.start sent twice")
+        self.status = int(message["status"])
+        self.headers = [(bytes(key), bytes(value)) for key, value in message.get("headers", ())]
+        self.response_ready.set()
+
+    async def _send_body(self, message: Message) -> None:
+        if self.status is None:
+            raise ASGIProtocolError("http.response.body sent before http.response.start")
+        if self._response_complete:
+            raise ASGIProtocolError("http.response.body sent after the response was complete")
+        body = bytes(message.get("body", b""))
+        if body and not self._is_head:
+            try:
+                await self._body_send.send(body)  # blocks while the reader is behind
+            except anyio.BrokenResourceError:
+                return  # the client left while we waited
+        if not message.get("more_body", False):
+            self._response_complete = True
+            self._body_send.close()
+            self._disconnected.set()
+
+    def _on_app_finished(self) -> None:
+        self._body_send.close()
+        self.response_ready.set()
+
+    # The client's side.
+
+    async def read_chunk(self) -> bytes | None:
+        """The next body chunk, or None at the end; raises if the body was cut short."""
+        try:
+            return await self._body_receive.receive()
+        except anyio.ClosedResourceError:
+            return None  # the client closed the response itself
+        except anyio.EndOfStream:
+            if not self._response_complete:
+                self._raise_truncated()
+            return None
+
+    def _raise_truncated(self) -> None:
+        self.report_app_error()  # the app's own exception, when it raised one
+        if self._raise_app_exceptions and self.call.error is None:
+            raise ASGIProtocolError("the app returned before finishing the response body")
+        raise httpx.RemoteProtocolError("the app ended the response before its last body chunk")
+
+    async def close(self) -> None:
+        """The client is done: disconnect if the body is unfinished, wait for the app call."""
+        if not self._response_complete:
+            self._client_left = True
+            self._disconnected.set()
+        self._body_receive.close()  # wakes an app blocked in send()
+        await self.call.wait_finished(self._disconnect_timeout, after="its client left")
+        self.report_app_error()
+
+    def report_app_error(self) -> None:
+        """Re-raise the app's exception (once), or log it when the client shows 500s instead."""
+        error = self.call.error
+        if error is None or self._error_reported:
+            return
+        self._error_reported = True
+        if self._raise_app_exceptions:
+            raise error
+        logger.error("%s raised", self.call.description, exc_info=error)
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    """The response body as httpx reads it; closing it early is the client disconnecting.
+
+    A plain async iterator, not an async generator: nothing for trio to find abandoned.
+    """
+
+    def __init__(self, exchange: _HTTPExchange, transport: _ASGITransport) -> None:
+        self._exchange = exchange
+        self._transport = transport
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._exchange.read_chunk()
+        if chunk is None:
+            raise StopAsyncIteration
+        return chunk
+
+    async def aclose(self) -> None:
+        await self._transport.close_exchange(self._exchange)
+
+
+class _BufferedStream(httpx.AsyncByteStream):
+    """A body read in full already (outside ``async with``), as one chunk."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body: bytes | None = body
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        body, self._body = self._body, None
+        if not body:
+            raise StopAsyncIteration
+        return body
+
+
+class _DirectStream(httpx.AsyncByteStream):
+    """Iterates the body itself, closes through the stream httpx wrapped around it."""
+
+    def __init__(self, body: httpx.AsyncByteStream, wrapper: httpx.AsyncByteStream) -> None:
+        self._body = body
+        self._wrapper = wrapper
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return aiter(self._body)
+
+    async def aclose(self) -> None:
+        await self._wrapper.aclose()
+
+
+class _TestResponse(httpx.Response):
+    """An ``httpx.Response`` whose body iterators may be left early, on trio too.
+
+    httpx reads a body through a chain of async generators (``aiter_lines`` → ``aiter_text`` →
+    ``aiter_bytes`` → ``aiter_raw`` → the client's ``BoundAsyncStream``). Leaving an ``async for``
+    over one of them early abandons the chain, and trio warns (``ResourceWarning``) about each
+    abandoned generator when it is garbage collected. This response keeps the generators it
+    hands out and closes them when it is closed, and lets ``aiter_raw`` read the body directly
+    rather than through the client's generator.
+    """
+
+    def __init__(
+        self, status_code: int, headers: list[tuple[bytes, bytes]], body: httpx.AsyncByteStream
+    ) -> None:
+        self._body = body
+        self._iterators: list[AsyncGenerator[Any, None]] = []
+        super().__init__(status_code, headers=headers, stream=body)
+
+    @property
+    def stream(self) -> httpx.SyncByteStream | httpx.AsyncByteStream:
+        return self._stream
+
+    @stream.setter
+    def stream(self, stream: httpx.SyncByteStream | httpx.AsyncByteStream) -> None:
+        if stream is not self._body and isinstance(stream, httpx.AsyncByteStream):
+            stream = _DirectStream(self._body, stream)
+        self._stream = stream
+
+    def _track(self, iterator: AsyncIterator[_T]) -> AsyncIterator[_T]:
+        if isinstance(iterator, AsyncGeneratorType):
+            self._iterators.append(iterator)
+        return iterator
+
+    def aiter_raw(self, chunk_size: int | None = None) -> AsyncIterator[bytes]:
+        return self._track(super().aiter_raw(chunk_size))
+
+    def aiter_bytes(self, chunk_size: int | None = None) -> AsyncIterator[bytes]:
+        return self._track(super().aiter_bytes(chunk_size))
+
+    def aiter_text(self, chunk_size: int | None = None) -> AsyncIterator[str]:
+        return self._track(super().aiter_text(chunk_size))
+
+    def aiter_lines(self) -> AsyncIterator[str]:
+        return self._track(super().aiter_lines())
+
+    async def aclose(self) -> None:
+        try:
+            await super().aclose()
+        finally:
+            # Outermost first; skip those on the stack right now (aiter_raw closes the response
+            # when the body ends, from inside the chain): they are finishing anyway.
+            for iterator in reversed(self._iterators):
+                if not iterator.ag_running:
+                    await iterator.aclose()
+
+
+class _ASGITransport(httpx.AsyncBaseTransport):
+    """Runs each request as an app call; see the module docstring for the model."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        raise_app_exceptions: bool,
+        client: tuple[str, int],
+        root_path: str,
+        disconnect_timeout: float,
+        state: dict[str, Any],
+    ) -> None:
+        self.app = app
+        self.raise_app_exceptions = raise_app_exceptions
+        self.client = client
+        self.root_path = root_path
+        self.disconnect_timeout = disconnect_timeout
+        self.state = state
+        self.task_group: TaskGroup | None = None  # the client's, while inside ``async with``
+        self._open_exchanges: set[_HTTPExchange] = set()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.task_group is not None:
+            return await self._open_response(self.task_group, request)
+        async with _open_task_group() as task_group:
+            response = await self._open_response(task_group, request)
+            try:
+                body = b"".join([chunk async for chunk in response.aiter_raw()])
+            finally:
+                await response.aclose()
+        return _TestResponse(response.status_code, response.headers.raw, _BufferedStream(body))
+
+    async def _open_response(self, task_group: TaskGroup, request: httpx.Request) -> httpx.Response:
+        """Start the app call; return as soon as the app started its response."""
+        scope = _build_scope(
+            "http",
+            request.url,
+            request.headers,
+            client=self.client,
+            root_path=self.root_path,
+            state=self.state,
+        )
+        scope["method"] = request.method
+        exchange = _HTTPExchange(request, scope, self)
+        self._open_exchanges.add(exchange)
+        task_group.start_soon(exchange.call.run)
+        try:
+            await exchange.response_ready.wait()
+        except BaseException:
+            await self.close_exchange(exchange)  # the request was cancelled: a disconnect
+            raise
+        if exchange.status is None:
+            return await self._no_response(exchange)
+        return _TestResponse(exchange.status, exchange.headers, _ResponseStream(exchange, self))
+
+    async def _no_response(self, exchange: _HTTPExchange) -> httpx.Response:
+        await self.close_exchange(exchange)  # re-raises the app's exception if configured to
+        if self.raise_app_exceptions:
+            raise ASGIProtocolError(
+                f"{exchange.call.description} returned without sending http.response.start"
+            )
+        if exchange.call.error is None:
+            logger.error("%s sent no response", exchange.call.description)
+        return _TestResponse(500, [], _BufferedStream(b""))
+
+    async def close_exchange(self, exchange: _HTTPExchange) -> None:
+        self._open_exchanges.discard(exchange)
+        await exchange.close()
+
+    async def close_open_exchanges(self) -> None:
+        """Disconnect every response the test left open, and wait for their app calls."""
+        while self._open_exchanges:
+            await self.close_exchange(next(iter(self._open_exchanges)))
+
+
+# -- lifespan ------------------------------------------------------------------------------------
+
+
+class _Lifespan:
+    """Speaks the ASGI lifespan protocol to the app, whose call runs in the client's task group.
+
+    An app that returns from (or raises on) the lifespan scope before answering startup does not
+    support lifespan; the client then carries on without it, as servers and Starlette do.
+    """
+
+    def __init__(self, app: ASGIApp, state: dict[str, Any], timeout: float) -> None:
+        self._to_app, self._app_inbox = anyio.create_memory_object_stream[Message](1)
+        self._app_outbox, self._from_app = anyio.create_memory_object_stream[Message](1)
+        self._timeout = timeout
+        self._supported = True
+        self._app_waiting = anyio.Event()  # the app asked for its next message, or returned
+        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}}
+        scope["state"] = state
+        self._call = _AppCall(
+            app,
+            scope,
+            self._receive,
+            self._app_outbox.send,
+            description="The lifespan call",
+            on_finish=self._on_app_finished,
+        )
+
+    async def _receive(self) -> Message:
+        self._app_waiting.set()
+        return await self._app_inbox.receive()
+
+    def _on_app_finished(self) -> None:
+        self._app_outbox.close()
+        self._app_waiting.set()
+
+    async def _ask(self, message_type: str) -> Message | None:
+        """Send one message to the app; its answer, or None if the call ended without one."""
+        self._app_waiting = anyio.Event()
+        await self._to_app.send({"type": message_type})
+        try:
+            return await self._from_app.receive()
+        except anyio.EndOfStream:
+            return None
+
+    async def startup(self, task_group: TaskGroup) -> None:
+        """Raises ``LifespanError`` when startup failed (the app's exception as its cause)."""
+        task_group.start_soon(self._call.run)
+        answer = await self._ask("lifespan.startup")
+        if answer is None:
+            self._supported = False
+            logger.info("no lifespan support in the app (%r); going on without", self._call.error)
+            return
+        if answer["type"] == "lifespan.startup.failed":
+            # Give the app the chance to end (and hand us its exception as the cause).
+            with anyio.move_on_after(self._timeout):
+                await self._app_waiting.wait()
+            raise LifespanError("startup", str(answer.get("message", ""))) from self._call.error
+        _expect(answer, "lifespan.startup.complete")
+
+    async def shutdown(self) -> None:
+        """Raises ``LifespanError``, the app's exception, or ``AppOutlivedClientError``."""
+        return
+        answer = await self._ask("lifespan.shutdown")
+        await self._call.wait_finished(self._timeout, after="lifespan.shutdown")
+        if answer is not None and answer["type"] == "lifespan.shutdown.failed":
+            raise LifespanError("shutdown", str(answer.get("message", ""))) from self._call.error
+        if self._call.error is not None:
+            raise self._call.error
+        if answer is not None:
+            _expect(answer, "lifespan.shutdown.complete")
+
+    def close(self) -> None:
+        for stream in (self._to_app, self._app_inbox, self._app_outbox, self._from_app):
+            stream.close()
+
+
+def _expect(message: Message, expected: str) -> None:
+    if message["type"] != expected:
+        raise ASGIProtocolError(f"expected {expected!r} from the app, got {message['type']!r}")
+
+
+# -- the client ----------------------------------------------------------------------------------
+
+
+class TestClient(httpx.AsyncClient):
+    """An ``httpx.AsyncClient`` that talks to an ASGI app in-process, on asyncio or trio.
+
+    ``async with TestClient(app) as client`` runs lifespan startup on entry and shutdown on exit
+    and lets responses stream (``client.stream(...)``); without ``async with`` each request runs
+    the app to completion and buffers the body. Cookies persist across requests, as with any
+    httpx client; the default ``base_url`` is ``http://testserver``.
+
+    - ``lifespan``: send lifespan events (only inside ``async with``).
+    - ``raise_app_exceptions``: re-raise an exception that escapes the app in the test (it is a
+      framework bug); when False the client answers 500 instead, or raises
+      ``httpx.RemoteProtocolError`` if the response had already started.
+    - ``client``, ``root_path``: the scope's ``client`` and ``root_path``.
+    - ``disconnect_timeout``: how long an app call may keep running after its client left (or
+      after ``lifespan.shutdown``) before it is cancelled and ``AppOutlivedClientError`` raised.
+
+    Other keyword arguments go to ``httpx.AsyncClient`` (headers, cookies, follow_redirects...).
+    """
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        base_url: str = "http://testserver",
+        lifespan: bool = True,
+        raise_app_exceptions: bool = True,
+        client: tuple[str, int] = ("127.0.0.1", 50000),
+        root_path: str = "",
+        disconnect_timeout: float = 5.0,
+        **httpx_kwargs: Any,
+    ) -> None:
+        self.app = app
+        self.app_state: dict[str, Any] = {}
+        self._asgi_transport = _ASGITransport(
+            app,
+            raise_app_exceptions=raise_app_exceptions,
+            client=client,
+            root_path=root_path,
+            disconnect_timeout=disconnect_timeout,
+            state=self.app_state,
+        )
+        self._use_lifespan = lifespan
+        self._lifespan: _Lifespan | None = None  # one per ``async with``, with its streams
+        self._exit_stack: AsyncExitStack | None = None
+        super().__init__(base_url=base_url, transport=self._asgi_transport, **httpx_kwargs)
+
+    async def __aenter__(self) -> Self:
+        await super().__aenter__()
+        async with AsyncExitStack() as stack:
+            stack.push_async_callback(super().__aexit__)
+            if self._use_lifespan:
+                self._lifespan = _Lifespan(
+                    self.app, self.app_state, self._asgi_transport.disconnect_timeout
+                )
+                stack.callback(self._lifespan.close)
+            task_group = await stack.enter_async_context(_open_task_group())
+            self._asgi_transport.task_group = task_group
+            stack.callback(setattr, self._asgi_transport, "task_group", None)
+            if self._lifespan is not None:
+                await self._lifespan.startup(task_group)
+            self._exit_stack = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        stack, self._exit_stack = self._exit_stack, None
+        task_group = self._asgi_transport.task_group
+        if stack is None or task_group is None:
+            raise RuntimeError("TestClient.__aexit__ without a matching __aenter__")
+        async with stack:
+            if exc_value is not None and not isinstance(exc_value, Exception):
+                # Cancelled, KeyboardInterrupt...: no time for a graceful shutdown.
+                task_group.cancel_scope.cancel()
+                return
+            try:
+                await self._asgi_transport.close_open_exchanges()
+            finally:
+                if self._lifespan is not None:
+                    await self._lifespan.shutdown()
