@@ -81,12 +81,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--workers must be 0 or more")
     level = args.log_level.upper()
     logging.config.dictConfig(_logging_config(level))
-    supervised = args.workers > 0 or args.reload
     try:
+        # Also done before spawning workers (which import it again): one clear error and
+        # status 2 instead of a traceback from every worker.
         app = _load_app(args.app)
     except AppLoadError as exc:
         parser.error(str(exc))  # exits with status 2
-    if supervised:
+    if args.workers > 0 or args.reload:
         return _supervise(_worker_config(args, level))
     return _serve_here(app, args, level)
 

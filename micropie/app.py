@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio
@@ -66,6 +67,10 @@ DEFAULT_WS_MAX_MESSAGE_SIZE = 1024 * 1024
 
 _NOT_FOUND = "404 Not Found"
 
+#: A Starlette-style lifespan: ``lifespan(app)`` is an async context manager entered at startup
+#: and left at shutdown; a mapping it yields becomes ``app.state`` (and ``request.state``).
+Lifespan = Callable[["App"], AbstractAsyncContextManager[Mapping[str, Any] | None]]
+
 
 class _Answered(Exception):
     """A step produced the final response early (an error or a middleware short-circuit)."""
@@ -102,6 +107,7 @@ class App:
         max_multipart_parts: int | None = DEFAULT_MAX_MULTIPART_PARTS,
         max_multipart_files: int | None = DEFAULT_MAX_MULTIPART_FILES,
         ws_max_message_size: int | None = DEFAULT_WS_MAX_MESSAGE_SIZE,
+        lifespan: Lifespan | None = None,
     ) -> None:
         _positive_or_none("body_timeout", body_timeout)
         _positive_or_none("max_body_size", max_body_size)
@@ -130,6 +136,8 @@ class App:
         self.ws_middlewares: list[WebSocketMiddleware] = []
         self.startup_handlers: list[Callable[[], Awaitable[Any]]] = []
         self.shutdown_handlers: list[Callable[[], Awaitable[Any]]] = []
+        self.lifespan = lifespan
+        self.state: dict[str, Any] = {}
         self.env = templates.create_environment(template_dir)
         self._lifetime = AppLifetime(self)
         self._sweeper = DisconnectSweeper()
@@ -155,7 +163,7 @@ class App:
 
             await serve_websocket(self, scope, receive, send)
         elif kind == "lifespan":
-            await self._lifetime.run(receive, send)
+            await self._lifetime.run(scope, receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope)

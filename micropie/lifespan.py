@@ -2,8 +2,11 @@
 
 The ASGI lifespan call runs for as long as the server serves the app. It opens the app's task
 group, which holds the disconnect sweeper (see ``disconnect``) and the background tasks started
-with ``app.start_soon``/``app.start``; then runs ``startup_handlers`` in order, reports, waits
-for shutdown, runs ``shutdown_handlers``, and cancels whatever background work is left.
+with ``app.start_soon``/``app.start``; then runs ``startup_handlers`` in order and enters the
+Starlette-style ``lifespan=`` context manager (what it yields lands in ``app.state`` and, where
+the server supports lifespan state, in every request's ``request.state``), reports, waits for
+shutdown, leaves the context manager, runs ``shutdown_handlers``, and cancels whatever
+background work is left.
 
 A background task that fails is logged and does not take the app down. A startup handler that
 fails is logged and reported as ``lifespan.startup.failed`` with its message, so the server
@@ -15,12 +18,13 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
 
-from .types import Receive, Send
+from .types import Receive, Scope, Send
 
 if TYPE_CHECKING:
     from .app import App
@@ -45,26 +49,25 @@ class AppLifetime:
         self._task_group: anyio.abc.TaskGroup | None = None
         self.started = False
 
-    async def run(self, receive: Receive, send: Send) -> None:
+    async def run(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve the lifespan protocol until shutdown (the ASGI ``lifespan`` call)."""
-        async with anyio.create_task_group() as task_group:
+        async with anyio.create_task_group() as task_group, AsyncExitStack() as context:
             self._task_group = task_group
             try:
                 await task_group.start(self._app._sweeper.run)
-                await self._converse(receive, send)
+                await self._converse(scope, receive, send, context)
             finally:
                 self._task_group = None
                 task_group.cancel_scope.cancel()
 
-    async def _converse(self, receive: Receive, send: Send) -> None:
+    async def _converse(
+        self, scope: Scope, receive: Receive, send: Send, context: AsyncExitStack
+    ) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
-                    if not self.started:
-                        for handler in self._app.startup_handlers:
-                            await _call(handler)
-                        self.started = True
+                    await self._start(scope, context)
                 except Exception as error:
                     logger.exception("Application startup failed")
                     await send({"type": "lifespan.startup.failed", "message": str(error)})
@@ -72,16 +75,36 @@ class AppLifetime:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 try:
-                    if self.started:
-                        for handler in self._app.shutdown_handlers:
-                            await _call(handler)
-                        self.started = False
+                    await self._stop(context)
                 except Exception as error:
                     logger.exception("Application shutdown failed")
                     await send({"type": "lifespan.shutdown.failed", "message": str(error)})
                     return
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def _start(self, scope: Scope, context: AsyncExitStack) -> None:
+        """``startup_handlers`` in order, then the ``lifespan=`` context manager, if any."""
+        if self.started:
+            return
+        for handler in self._app.startup_handlers:
+            await _call(handler)
+        if self._app.lifespan is not None:
+            state = await context.enter_async_context(self._app.lifespan(self._app))
+            if state:
+                self._app.state.update(state)
+                if isinstance(scope.get("state"), dict):
+                    scope["state"].update(state)  # the server copies it into every request
+        self.started = True
+
+    async def _stop(self, context: AsyncExitStack) -> None:
+        """Leave the ``lifespan=`` context manager, then run ``shutdown_handlers`` in order."""
+        if not self.started:
+            return
+        self.started = False
+        await context.aclose()
+        for handler in self._app.shutdown_handlers:
+            await _call(handler)
 
     def _running_group(self) -> anyio.abc.TaskGroup:
         if self._task_group is None:

@@ -125,6 +125,12 @@ class Request:
         return str(self.scope.get("path", "/"))
 
     @property
+    def state(self) -> dict[str, Any]:
+        """What the app's ``lifespan=`` yielded (when the server supports lifespan state)."""
+        state = self.scope.get("state")
+        return state if isinstance(state, dict) else {}
+
+    @property
     def client(self) -> tuple[str, int] | None:
         """The peer's ``(host, port)``, when the server tells."""
         client = self.scope.get("client")

@@ -18,13 +18,14 @@ from collections.abc import AsyncGenerator, Iterator
 from typing import Any
 
 import anyio
+import anyio.abc
 import anyio.to_thread
 
 from .concurrency import collapse_excgroups
 from .disconnect import watch_for_disconnect
 from .types import RawHeaders, Receive, Send
 
-__all__ = ["CLOSE_GRACE", "send_stream"]
+__all__ = ["CLOSE_GRACE", "iterate", "send_stream"]
 
 logger = logging.getLogger("micropie")
 
@@ -44,7 +45,7 @@ def _encode_chunk(chunk: Any) -> bytes:
     raise TypeError(f"a streamed chunk must be str or bytes, not {type(chunk).__name__}")
 
 
-async def _chunks_of(body: Any) -> AsyncGenerator[Any, None]:
+async def iterate(body: Any) -> AsyncGenerator[Any, None]:
     """Iterate an async or sync iterable; sync ``next()`` runs in a worker thread."""
     if hasattr(body, "__aiter__"):
         async for chunk in body:
@@ -70,6 +71,54 @@ async def _close(body: Any) -> None:
             await anyio.to_thread.run_sync(close)
 
 
+async def _with_keepalive(
+    body: Any, interval: float, comment: bytes, task_group: anyio.abc.TaskGroup
+) -> AsyncGenerator[Any, None]:
+    """The body's chunks, with ``comment`` after every ``interval`` seconds of silence.
+
+    The body is iterated by a producer task in the stream's task group and handed over through
+    an unbuffered stream, so a slow client still holds the producer back (backpressure).
+    """
+    sender, receiver = anyio.create_memory_object_stream[Any](0)
+    failures: list[Exception] = []
+
+    async def produce() -> None:
+        async with sender:
+            try:
+                async for chunk in iterate(body):
+                    await sender.send(chunk)
+            except Exception as error:
+                failures.append(error)
+
+    task_group.start_soon(produce)
+    with receiver:
+        while True:
+            chunk: Any = comment
+            with anyio.move_on_after(interval):
+                try:
+                    chunk = await receiver.receive()
+                except anyio.EndOfStream:
+                    if failures:
+                        raise failures[0] from None
+                    return
+            yield chunk
+
+
+async def _send_chunks(send: Send, body: Any, task_group: anyio.abc.TaskGroup) -> None:
+    keepalive = getattr(body, "keepalive", None)
+    if keepalive is None:
+        chunks = iterate(body)
+    else:
+        chunks = _with_keepalive(body, keepalive[0], keepalive[1], task_group)
+    try:
+        async for chunk in chunks:
+            data = _encode_chunk(chunk)
+            if data:
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+    finally:
+        await chunks.aclose()
+
+
 async def send_stream(
     send: Send, receive: Receive, status: int, headers: RawHeaders, body: Any, path: str
 ) -> None:
@@ -79,21 +128,10 @@ async def send_stream(
             task_group.start_soon(watch_for_disconnect, receive, task_group.cancel_scope)
             try:
                 await send({"type": "http.response.start", "status": status, "headers": headers})
-                chunks = _chunks_of(body)
-                try:
-                    async for chunk in chunks:
-                        data = _encode_chunk(chunk)
-                        if data:
-                            await send(
-                                {"type": "http.response.body", "body": data, "more_body": True}
-                            )
-                finally:
-                    await chunks.aclose()
+                await _send_chunks(send, body, task_group)
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             except Exception:
-                logger.exception(
-                    "Streaming response for %s failed; the stream is left broken", path
-                )
+                logger.exception("Streaming response for %s failed mid-stream", path)
             finally:
                 await _close(body)
                 task_group.cancel_scope.cancel()

@@ -435,8 +435,9 @@ class WebSocket:
                 try:
                     message = await self._receive()
                 except Exception:
-                    logger.debug("WebSocket receive() failed; treating it as a disconnect",
-                                 exc_info=True)
+                    logger.debug(
+                        "WebSocket receive() failed; treating it as a disconnect", exc_info=True
+                    )
                     message = {"type": "websocket.disconnect", "code": 1006}
                 kind = message.get("type")
                 if kind == "websocket.disconnect":
@@ -568,17 +569,14 @@ async def _run_connection(
     failed = False
     try:
         await ws._serve(call, max_size)
-    except anyio.get_cancelled_exc_class():
-        await ws._going_away()
-        raise
-    except BaseException as error:
-        if not isinstance(error, Exception | BaseExceptionGroup):
-            raise  # KeyboardInterrupt, SystemExit
+    except Exception as error:
         if not _only_connection_closed(error):
             failed = True
-            logger.error(
-                "Unhandled exception in WebSocket handler for %s", request.path, exc_info=error
-            )
+            logger.exception("Unhandled exception in WebSocket handler for %s", request.path)
+    except BaseException:
+        # A cancellation from outside (server shutdown), alone or in a group: say goodbye.
+        await ws._going_away()
+        raise
     failed = not await _after_websocket(app, request) or failed
     if not failed:
         failed = not await _save_session(app, request, ws, state)
@@ -612,7 +610,7 @@ def _route(app: App, request: WebSocketRequest) -> tuple[Callable[..., Any], rou
     Middleware may name the handler in ``request._ws_route_handler`` and set
     ``request.path_params`` (kept when non-empty, as for HTTP). No index fallback.
     """
-    from .app import App
+    from .app import App as base
 
     path = request.path.lstrip("/")
     segments = path.split("/") if path else []
@@ -622,7 +620,7 @@ def _route(app: App, request: WebSocketRequest) -> tuple[Callable[..., Any], rou
     handler_name = getattr(request, "_ws_route_handler", None) or f"ws_{name}"
     if not request.path_params:
         request.path_params = segments[1:]
-    found = routing.resolve_handler(app, handler_name, App)
+    found = routing.resolve_handler(app, handler_name, base)
     if isinstance(found, routing.Lookup):
         raise _Refused(1008, "No matching WebSocket route")
     raw, handler = found
@@ -685,14 +683,14 @@ async def _assign_session_id(app: App, ws: WebSocket, state: SessionState) -> No
     A valid cookie whose session loaded empty is dropped (fixation defence); without an id a new
     one is made. Either way ``accept()`` will send the new id as a cookie.
     """
-    if state.session_id is not None and state.was_empty:
-        await state.backend.save(state.session_id, {}, 0)
-        state.session_id = None
+    session_id = state.session_id
+    if session_id is not None and state.was_empty:
+        await state.backend.save(session_id, {}, 0)
+        session_id = None
+    if session_id is None:
+        session_id = new_session_id(app)
         ws._session_cookie_pending = True
-    elif state.session_id is None:
-        ws._session_cookie_pending = True
-        ws.__dict__["_had_no_cookie"] = True
-    ws.session_id = state.session_id or new_session_id(app)
+    ws.session_id = session_id
 
 
 async def _save_session(

@@ -1,0 +1,277 @@
+"""WebSockets end to end: real hypercorn on 127.0.0.1, real clients, both workers.
+
+``running_server`` (tests/servers.py) serves under the current anyio backend, so the asyncio
+run uses hypercorn's asyncio worker and the ``websockets`` client, and the trio run uses the trio
+worker and trio-websocket. hypercorn reports every client close to the app as 1006 and turns a
+close before accept into an HTTP 403; the tests assert only what a client can really see.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import anyio.abc
+import pytest
+from servers import running_server
+
+from micropie import App, ConnectionClosed, WebSocket, WebSocketMiddleware
+
+pytestmark = pytest.mark.anyio
+
+
+class Closed(Exception):
+    """The server closed the connection with ``code``/``reason`` (either client library)."""
+
+    def __init__(self, code: int | None, reason: str) -> None:
+        super().__init__(code, reason)
+        self.code = code
+        self.reason = reason
+
+
+class Client:
+    """A uniform face for trio-websocket (trio) and websockets (asyncio)."""
+
+    def __init__(self, connection: Any, backend: str) -> None:
+        self._connection = connection
+        self._backend = backend
+
+    async def send(self, data: str | bytes) -> None:
+        if self._backend == "trio":
+            await self._connection.send_message(data)
+        else:
+            await self._connection.send(data)
+
+    async def recv(self) -> str | bytes:
+        if self._backend == "trio":
+            import trio_websocket
+
+            try:
+                return await self._connection.get_message()  # type: ignore[no-any-return]
+            except trio_websocket.ConnectionClosed as exc:
+                raise Closed(exc.reason.code, exc.reason.reason or "") from None
+        import websockets.exceptions
+
+        try:
+            return await self._connection.recv()  # type: ignore[no-any-return]
+        except websockets.exceptions.ConnectionClosed as exc:
+            received = exc.rcvd
+            code, reason = (received.code, received.reason) if received else (None, "")
+            raise Closed(code, reason) from None
+
+
+@asynccontextmanager
+async def ws_connect(url: str, backend: str) -> AsyncIterator[Client]:
+    url = url.replace("http://", "ws://", 1)
+    if backend == "trio":
+        import trio_websocket
+
+        connection = None
+        try:
+            async with trio_websocket.open_websocket_url(url, disconnect_timeout=2) as connection:
+                yield Client(connection, backend)
+        finally:
+            # trio-websocket 0.12 never closes its socket when the server closed first (its
+            # reader stops at EOF in the CLOSED state): close it ourselves (idempotent).
+            if connection is not None:
+                await connection._stream.aclose()
+        return
+    import websockets.asyncio.client
+
+    async with websockets.asyncio.client.connect(url, proxy=None, close_timeout=2) as connection:
+        yield Client(connection, backend)
+
+
+class SeedApp(App):
+    """The seed's examples as written, plus a few endpoints for failure paths."""
+
+    async def ws_echo(self, ws):  # type: ignore[no-untyped-def]
+        await ws.accept()
+        while True:
+            try:
+                message = await ws.receive_text()
+            except ConnectionClosed:
+                break
+            await ws.send_text(f"Echo: {message}")
+
+    async def ws_greet(self, ws, name="Guest"):  # type: ignore[no-untyped-def]
+        await ws.accept()
+        await ws.send_text(f"Hello {name}!")
+        await ws.close()
+
+    async def ws_quiet(self, ws: WebSocket) -> None:
+        await ws.accept()
+        await ws.send_text("bye")
+
+    async def ws_broken(self, ws: WebSocket) -> None:
+        await ws.accept()
+        raise RuntimeError("secret detail")
+
+
+async def test_seed_examples_work_as_written(anyio_backend: str) -> None:
+    from examples.websockets.app import app  # the seed's examples as a runnable app
+
+    async with running_server(app) as url:
+        async with ws_connect(f"{url}/echo", anyio_backend) as ws:
+            await ws.send("hello")
+            assert await ws.recv() == "Echo: hello"
+            await ws.send("again")
+            assert await ws.recv() == "Echo: again"
+        for path, greeting in [("/greet/Alice", "Hello Alice!"), ("/greet?name=Bob", "Hello Bob!")]:
+            async with ws_connect(url + path, anyio_backend) as ws:
+                assert await ws.recv() == greeting
+                with pytest.raises(Closed) as closed:
+                    await ws.recv()
+                assert closed.value.code == 1000
+
+
+async def test_close_codes_for_returning_and_failing_handlers(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running_server(SeedApp()) as url:
+        async with ws_connect(f"{url}/quiet", anyio_backend) as ws:
+            assert await ws.recv() == "bye"
+            with pytest.raises(Closed) as closed:
+                await ws.recv()
+            assert closed.value.code == 1000  # hypercorn alone would send 1011
+        async with ws_connect(f"{url}/broken", anyio_backend) as ws:
+            with pytest.raises(Closed) as closed:
+                await ws.recv()
+            assert (closed.value.code, closed.value.reason) == (1011, "Internal server error")
+    assert any("secret detail" in r.getMessage() or r.exc_info for r in caplog.records)
+
+
+async def test_refusals_are_rejected_handshakes_and_the_server_keeps_serving(
+    anyio_backend: str,
+) -> None:
+    class Gate(WebSocketMiddleware):
+        async def before_websocket(self, request: Any) -> dict[str, Any] | None:
+            return {"reason": "no"} if request.query("token") != "ok" else None
+
+        async def after_websocket(self, request: Any) -> None:
+            pass
+
+    app = SeedApp()
+    app.ws_middlewares.append(Gate())
+    async with running_server(app) as url:
+        for path in ["/nowhere?token=ok", "/echo"]:
+            stream, response = await _handshake(url, path)
+            await stream.aclose()
+            assert response.startswith(b"HTTP/1.1 403"), response
+        async with ws_connect(f"{url}/echo?token=ok", anyio_backend) as ws:
+            await ws.send("still here")
+            assert await ws.recv() == "Echo: still here"
+
+
+async def test_oversized_message_closes_1009_and_spares_other_connections(
+    anyio_backend: str,
+) -> None:
+    app = SeedApp()
+    app.ws_max_message_size = 1024  # type: ignore[attr-defined]
+    async with (
+        running_server(app) as url,
+        ws_connect(f"{url}/echo", anyio_backend) as other,
+        ws_connect(f"{url}/echo", anyio_backend) as ws,
+    ):
+        await ws.send("x" * 1024)
+        assert await ws.recv() == "Echo: " + "x" * 1024
+        await ws.send("x" * 1025)
+        with pytest.raises(Closed) as closed:
+            await ws.recv()
+        assert (closed.value.code, closed.value.reason) == (1009, "Message too big")
+        await other.send("fine")
+        assert await other.recv() == "Echo: fine"
+
+
+async def _handshake(url: str, path: str) -> tuple[anyio.abc.SocketStream, bytes]:
+    """Send a WebSocket upgrade request over plain TCP; return the stream and the response head.
+
+    Used where a client library would get in the way: reading a refusal's HTTP status (and
+    trio-websocket 0.12 leaks its socket on a rejected handshake) and resetting the connection.
+    """
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    stream = await anyio.connect_tcp(host, int(port))
+    await stream.send(
+        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    response = b""
+    with anyio.fail_after(5):
+        while b"\r\n\r\n" not in response:
+            response += await stream.receive()
+    return stream, response
+
+
+async def test_client_reset_ends_a_pushing_handler_within_a_second(anyio_backend: str) -> None:
+    pushed = anyio.Event()
+    ended = anyio.Event()
+    outcome: list[str] = []
+
+    class Track(WebSocketMiddleware):
+        async def before_websocket(self, request: Any) -> None:
+            pass
+
+        async def after_websocket(self, request: Any) -> None:
+            ended.set()
+
+    class Pusher(App):
+        async def ws_push(self, ws: WebSocket) -> None:
+            await ws.accept()
+            sent = 0
+            try:
+                while True:
+                    await ws.send_text("tick")
+                    sent += 1
+                    if sent == 3:
+                        pushed.set()
+                    await anyio.sleep(0.01)
+            except ConnectionClosed:
+                outcome.append("ConnectionClosed")
+            except anyio.get_cancelled_exc_class():
+                outcome.append("cancelled")
+                raise
+
+    app = Pusher()
+    app.ws_middlewares.append(Track())
+    async with running_server(app) as url:
+        stream, response = await _handshake(url, "/push")
+        assert response.startswith(b"HTTP/1.1 101"), response
+        with anyio.fail_after(5):
+            await pushed.wait()
+        raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await stream.aclose()  # RST
+        reset_at = anyio.current_time()
+        with anyio.fail_after(1):
+            await ended.wait()
+        assert anyio.current_time() - reset_at < 1
+    assert len(outcome) == 1
+
+
+async def test_server_shutdown_closes_open_connections_with_1001(anyio_backend: str) -> None:
+    connected = anyio.Event()
+    codes: list[int | None] = []
+
+    async def hold_connection(url: str) -> None:
+        async with ws_connect(f"{url}/echo", anyio_backend) as ws:
+            await ws.send("hi")
+            await ws.recv()
+            connected.set()
+            with pytest.raises(Closed) as closed:
+                await ws.recv()
+            codes.append(closed.value.code)
+
+    with anyio.fail_after(10):
+        # The client lives in the outer task group, so it outlasts the server's block.
+        async with (
+            anyio.create_task_group() as clients,
+            running_server(SeedApp(), graceful_timeout=0.2) as url,
+        ):
+            clients.start_soon(hold_connection, url)
+            await connected.wait()
+    assert codes == [1001]
