@@ -66,6 +66,7 @@ DEFAULT_MAX_MULTIPART_FILES = 1000
 DEFAULT_WS_MAX_MESSAGE_SIZE = 1024 * 1024
 
 _NOT_FOUND = "404 Not Found"
+_BODY_TIMEOUT = "408 Request Timeout: Failed to receive body"
 
 #: A Starlette-style lifespan: ``lifespan(app)`` is an async context manager entered at startup
 #: and left at shutdown; a mapping it yields becomes ``app.state`` (and ``request.state``).
@@ -170,9 +171,15 @@ class App:
         token = current_request.set(request)
         try:
             try:
-                session, connection = await self._prepare(request, receive)
+                session, media_type = await self._prepare(request)
+                connection = self._connection_for(request, receive, media_type)
                 async with connection:
+                    if connection.form is None and media_type is not None:
+                        await self._read_body(request, receive, connection, media_type)
                     status, body, headers = await self._run_user_code(request, connection.form)
+                if connection.timed_out:
+                    await send_plain(send, *error_response(408, _BODY_TIMEOUT))
+                    return
                 if connection.client_left:
                     return
                 if request.__dict__.get("_subapp") is not None:
@@ -200,13 +207,10 @@ class App:
 
     # --- the steps of a request ------------------------------------------------------------
 
-    async def _prepare(
-        self, request: Request, receive: Receive
-    ) -> tuple[SessionState | None, Connection]:
-        """Session and body: what is read before user code runs, and the scope it runs in.
+    async def _prepare(self, request: Request) -> tuple[SessionState | None, str | None]:
+        """Check the framing headers and load the session: all that comes before the body.
 
-        A multipart body is not read here: its parser starts with the connection and the
-        handler may run while the upload is still arriving.
+        Returns the session state and, for a request whose body must be read, its media type.
         """
         content_length, media_type, has_cookie = scan_headers(request.scope)
         bodies.check_content_length(content_length, self.max_body_size)
@@ -214,13 +218,34 @@ class App:
         if has_cookie or "session" in request.scope or "micropie.session_state" in request.scope:
             session = await load_session(self, request)
         if request.method in bodies.BODY_METHODS and not request.body_parsed:
-            if "multipart/form-data" in media_type:
-                return session, open_multipart(self, request, receive)
-            body = await bodies.read_body(
-                receive, max_size=self.max_body_size, idle_timeout=self.body_timeout
-            )
-            await bodies.parse_body(request, body, media_type)
-        return session, ConnectionScope(receive, self._sweeper)
+            return session, media_type
+        return session, None
+
+    def _connection_for(
+        self, request: Request, receive: Receive, media_type: str | None
+    ) -> Connection:
+        """What the request runs in: cancelled when its client leaves.
+
+        A multipart upload's parser owns ``receive()`` and starts at once, so the handler can run
+        while the upload is still arriving. Any other body is read inside the connection scope
+        first; watching for the client to leave starts after it.
+        """
+        if media_type is not None and "multipart/form-data" in media_type:
+            return open_multipart(self, request, receive)
+        return ConnectionScope(receive, self._sweeper, reading=media_type is not None)
+
+    async def _read_body(
+        self, request: Request, receive: Receive, connection: Connection, media_type: str
+    ) -> None:
+        assert isinstance(connection, ConnectionScope)
+        body = await bodies.read_body(
+            receive,
+            max_size=self.max_body_size,
+            idle_timeout=self.body_timeout,
+            deadlines=connection,
+        )
+        connection.start_watching()
+        await bodies.parse_body(request, body, media_type)
 
     async def _run_user_code(
         self, request: Request, form: PendingForm | None

@@ -13,7 +13,7 @@ loop keeps serving everyone else.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Protocol, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -21,7 +21,7 @@ import anyio.to_thread
 from . import json_codec
 from .errors import ClientDisconnected, HTTPError
 from .request import Request, parse_urlencoded
-from .types import Receive
+from .types import Message, Receive
 
 __all__ = [
     "BODY_METHODS",
@@ -49,7 +49,7 @@ def check_content_length(content_length: bytes | None, max_body_size: int | None
         raise HTTPError(413, "413 Payload Too Large")
 
 
-async def receive_body_message(receive: Receive, idle_timeout: float | None) -> dict[str, Any]:
+async def receive_body_message(receive: Receive, idle_timeout: float | None) -> Message:
     """One ``receive()`` under the per-message body timeout (``HTTPError(408)`` past it)."""
     try:
         if idle_timeout is None:
@@ -61,19 +61,39 @@ async def receive_body_message(receive: Receive, idle_timeout: float | None) -> 
         raise HTTPError(408, "408 Request Timeout: Failed to receive body") from None
     if message["type"] == "http.disconnect":
         raise ClientDisconnected
-    return dict(message)
+    return message
 
 
-async def read_body(receive: Receive, *, max_size: int | None, idle_timeout: float | None) -> bytes:
+class BodyDeadlines(Protocol):
+    """Something that cancels the reader when a body message is late (``ConnectionScope``)."""
+
+    def expect_body_within(self, seconds: float | None) -> None: ...
+
+
+async def read_body(
+    receive: Receive,
+    *,
+    max_size: int | None,
+    idle_timeout: float | None,
+    deadlines: BodyDeadlines | None = None,
+) -> bytes:
     """The whole body, counted against ``max_size`` as it arrives (the limit is inclusive).
 
     A client that leaves mid-body raises ``ClientDisconnected``: a partial body is never
-    mistaken for a complete one.
+    mistaken for a complete one. Each ``receive()`` may take ``idle_timeout`` seconds: past it,
+    ``HTTPError(408)``; or, given ``deadlines``, the reader is cancelled past it and the caller
+    answers 408 (``ConnectionScope.timed_out``). That saves a cancel scope per message.
     """
     chunks: list[bytes] = []
     size = 0
     while True:
-        message = await receive_body_message(receive, idle_timeout)
+        if deadlines is None:
+            message = await receive_body_message(receive, idle_timeout)
+        else:
+            deadlines.expect_body_within(idle_timeout)
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected
         chunk = message.get("body", b"")
         if chunk:
             size += len(chunk)

@@ -229,3 +229,53 @@ async def test_the_next_request_is_unaffected_by_a_cancelled_one(with_lifespan: 
             await app(http_scope("/quick"), second.receive, second.send)
     assert second.sent[0]["status"] == 200
     assert second.sent[1]["body"] == b"quick"
+
+
+class Echo(App):
+    async def echo(self) -> bytes:
+        return self.request.body
+
+
+def post_scope(path: str, length: int) -> dict[str, Any]:
+    headers = [(b"content-type", b"text/plain"), (b"content-length", str(length).encode())]
+    return {"type": "http", "method": "POST", "path": path, "headers": headers}
+
+
+async def test_a_stalled_body_gets_408_at_body_timeout(with_lifespan: bool) -> None:
+    app = Echo(body_timeout=0.1)
+    client = Client()
+    messages = [{"type": "http.request", "body": b"par", "more_body": True}]
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        return await client.receive()  # the rest never comes
+
+    async with lifespan(app, running=with_lifespan):
+        started = anyio.current_time()
+        with anyio.fail_after(5):
+            await app(post_scope("/echo", 6), receive, client.send)
+        elapsed = anyio.current_time() - started
+    assert client.sent[0]["status"] == 408
+    assert client.sent[1]["body"] == b"408 Request Timeout: Failed to receive body"
+    assert 0.1 <= elapsed < 0.1 + PROMPTLY
+
+
+async def test_the_body_timeout_applies_to_each_message(with_lifespan: bool) -> None:
+    """Five chunks, each well within the timeout, take longer than the timeout in total."""
+    app = Echo(body_timeout=0.25)
+    client = Client()
+    chunks = [b"a", b"b", b"c", b"d", b"e"]
+
+    async def receive() -> dict[str, Any]:
+        if not chunks:
+            return await client.receive()
+        await anyio.sleep(0.08)  # the client is slow, not stalled: this is what is tested
+        chunk = chunks.pop(0)
+        return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+
+    async with lifespan(app, running=with_lifespan):
+        with anyio.fail_after(5):
+            await app(post_scope("/echo", 5), receive, client.send)
+    assert client.sent[0]["status"] == 200
+    assert client.sent[1]["body"] == b"abcde"
