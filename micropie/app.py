@@ -160,7 +160,7 @@ class App:
         if kind == "http":
             await self._http(scope, receive, send)
         elif kind == "websocket":
-            from .websocket import serve_websocket
+            from .websocket_dispatch import serve_websocket
 
             await serve_websocket(self, scope, receive, send)
         elif kind == "lifespan":

@@ -232,3 +232,32 @@ async def save_session(
     await state.backend.save(session_id, request.session, settings.session_timeout)
     state.was_empty = False
     return cookie
+
+
+async def assign_websocket_session(
+    settings: SessionSettings, state: SessionState
+) -> tuple[str, bool]:
+    """The id a WebSocket connection uses, and whether ``accept()`` must send it as a cookie.
+
+    MicroPie 0.32's rules: a cookie can only reach the browser on the handshake response, before
+    the handler could say whether it needs a session, so a connection without a valid cookie
+    gets a fresh id at once. A valid cookie whose session is unknown is replaced the same way
+    (fixation defence).
+    """
+    session_id = state.session_id
+    if session_id is not None and state.was_empty:
+        await state.backend.save(session_id, {}, 0)
+        session_id = None
+    if session_id is None:
+        return new_session_id(settings), True
+    return session_id, False
+
+
+async def save_websocket_session(
+    settings: SessionSettings, request: Request, session_id: str, state: SessionState
+) -> None:
+    """After the handler: save the session under the connection's id, or delete it if emptied."""
+    if request.session:
+        await state.backend.save(session_id, request.session, settings.session_timeout)
+    elif state.session_id is not None:
+        await state.backend.save(session_id, {}, 0)

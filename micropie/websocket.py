@@ -1,36 +1,24 @@
-"""WebSocket connections: the ``WebSocket`` a ``ws_`` handler receives, and its lifetime.
+"""The ``WebSocket`` a ``ws_`` handler receives, and the lifetime of its connection.
 
 Theory of operation
 -------------------
-``serve_websocket`` runs one connection, in order:
+``websocket_dispatch.serve_websocket`` does the handshake, routing and sessions; then the
+connection runs here (``WebSocket._serve``), in one task group:
 
-1. **Handshake.** It reads ``websocket.connect``, loads the session, runs ``before_websocket``,
-   routes (``/chat/x`` → ``ws_chat(ws, "x")``, ``/`` → ``ws_index``) and binds the arguments
-   (the ``WebSocket`` first, whatever its name; then path segment → query → default). A refusal
-   is a ``websocket.close`` before accept, which hypercorn turns into an HTTP 403: its code and
-   reason (MicroPie's) only reach in-process clients.
-
-2. **The connection task group.** One *pump* task owns ``receive()`` from then on. It puts each
-   ``websocket.receive`` into a small bounded memory stream (``INBOX_SIZE``): a handler that does
-   not read stops the pump, the server's own queue fills, and the server stops reading the socket
-   (backpressure, with the consequence that a client leaving is only noticed once the handler
-   reads again). A message over the app's ``ws_max_message_size`` is answered with close 1009.
-   On ``websocket.disconnect`` the pump closes the stream: every pending and later ``receive_*``
-   raises ``ConnectionClosed`` (after the messages that arrived before it), every send raises it
-   at once, and ``DISCONNECT_GRACE`` seconds later the handler is cancelled if it is still
-   running (it was blocked elsewhere: a push loop, a sleep, a queue). A handler that closed the
-   connection itself is trusted to finish on its own. Tasks started with ``ws.start_soon`` live
-   in the same task group, so they end with the handler.
-
-3. **After the handler.** ``after_websocket`` runs (also after ``ConnectionClosed`` and after
-   errors), then the session is saved unless the handler failed, then the connection is closed
-   if the handler left it open: 1000 after a normal return, 1011 ``Internal server error``
-   after an exception (details only in the log). A handler that never accepted gets a clean
-   rejection (a close before accept).
-
-4. **Server shutdown.** A cancellation from outside (hypercorn cancels connections when its
-   ``graceful_timeout`` ends) sends close 1001 from a shielded, time-bounded scope and then
-   propagates; ``after_websocket`` and the session save do not run.
+* One *pump* task owns ``receive()``. It puts each ``websocket.receive`` into a small bounded
+  memory stream (``INBOX_SIZE``): a handler that does not read stops the pump, the server's own
+  queue fills, and the server stops reading the socket (backpressure, with the consequence that
+  a client leaving is only noticed once the handler reads again). A message over the app's
+  ``ws_max_message_size`` is answered with close 1009.
+* On ``websocket.disconnect`` the pump closes the stream: every pending and later ``receive_*``
+  raises ``ConnectionClosed`` (after the messages that arrived before it), every send raises it
+  at once, and ``DISCONNECT_GRACE`` seconds later the handler is cancelled if it is still
+  running (it was blocked elsewhere: a push loop, a sleep, a queue). A handler that closed the
+  connection itself is trusted to finish on its own.
+* Tasks started with ``ws.start_soon`` live in the same task group, so they end with the
+  handler.
+* Server shutdown (a cancellation from outside) closes an open connection with 1001 from a
+  shielded, time-bounded scope, then propagates.
 
 Limits of what a framework can do on hypercorn: the app is told 1006 for every client close;
 on the trio worker a ``send()`` to a client that stopped reading sits in a shielded scope and
@@ -43,36 +31,34 @@ import enum
 import inspect
 import logging
 from collections.abc import Callable, Mapping
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from . import json_codec, routing
+from . import json_codec
 from .concurrency import collapse_excgroups
-from .request import WebSocketRequest, current_request
+from .request import WebSocketRequest
 from .sessions import (
-    SessionState,
-    checked_session_id,
     format_session_cookie,
-    load_session,
-    new_session_id,
     validate_session_id,
 )
 from .types import Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from .app import App
+    pass
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DISCONNECT_GRACE",
     "INBOX_SIZE",
+    "INTERNAL_ERROR",
     "ConnectionClosed",
+    "Refused",
     "WebSocket",
-    "serve_websocket",
+    "close_message",
+    "only_connection_closed",
 ]
 
 logger = logging.getLogger("micropie")
@@ -96,7 +82,7 @@ INBOX_SIZE = 8
 SHUTDOWN_CLOSE_TIMEOUT = 1.0
 
 _NOT_ACCEPTED = "WebSocket connection not accepted"
-_INTERNAL_ERROR = (1011, "Internal server error")
+INTERNAL_ERROR = (1011, "Internal server error")
 _GOING_AWAY = (1001, "Going away")
 _TOO_BIG = (1009, "Message too big")
 
@@ -126,7 +112,7 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-class _Refused(Exception):
+class Refused(Exception):
     """The connection is refused before the handler runs, with this close code and reason."""
 
     def __init__(self, code: int, reason: str) -> None:
@@ -135,7 +121,7 @@ class _Refused(Exception):
         self.reason = reason
 
 
-def _close_message(code: int, reason: str) -> Message:
+def close_message(code: int, reason: str) -> Message:
     return {"type": "websocket.close", "code": code, "reason": reason}
 
 
@@ -383,7 +369,7 @@ class WebSocket:
                 return
             self._state = _State.CLOSED
             self._closed_by_handler = True
-            await self._send_or_closed(_close_message(code, reason or ""))
+            await self._send_or_closed(close_message(code, reason or ""))
 
     # --- tasks -----------------------------------------------------------------------------
 
@@ -461,7 +447,7 @@ class WebSocket:
                 return False
             self._client_left(*_TOO_BIG)
             try:
-                await self._send(_close_message(*_TOO_BIG))
+                await self._send(close_message(*_TOO_BIG))
             except OSError:
                 logger.debug("Could not send close 1009", exc_info=True)
         return True
@@ -470,7 +456,7 @@ class WebSocket:
         """Close the connection if the handler left it open (1000, or 1011 after an error)."""
         if self._close_info is not None or self._closed_by_handler:
             return
-        code, reason = _INTERNAL_ERROR if failed else (1000, "")
+        code, reason = INTERNAL_ERROR if failed else (1000, "")
         await self._close_quietly(code, reason)
 
     async def _going_away(self) -> None:
@@ -483,7 +469,7 @@ class WebSocket:
         self._state = _State.CLOSED
         self._closed_by_handler = True
         try:
-            await self._send(_close_message(code, reason))
+            await self._send(close_message(code, reason))
         except Exception:
             logger.debug("Could not send WebSocket close %s", code, exc_info=True)
 
@@ -503,7 +489,7 @@ def _too_big(message: Message, limit: int | None) -> bool:
     return len(text.encode("utf-8", "surrogatepass")) > limit
 
 
-def _only_connection_closed(error: BaseException) -> bool:
+def only_connection_closed(error: BaseException) -> bool:
     """Whether ``error`` (or every exception in a group) is a ``ConnectionClosed``."""
     if isinstance(error, ConnectionClosed):
         return True
@@ -511,198 +497,3 @@ def _only_connection_closed(error: BaseException) -> bool:
         _, rest = error.split(ConnectionClosed)
         return rest is None
     return False
-
-
-# --- serving one connection ---------------------------------------------------------------
-
-
-async def serve_websocket(app: App, scope: Scope, receive: Receive, send: Send) -> None:
-    """The ASGI call for one WebSocket connection (see the module docstring for the steps).
-
-    Sessions follow MicroPie 0.32: a connection without a valid session cookie gets a new id at
-    once and ``accept()`` sends it as a cookie, because a cookie can only reach the browser on
-    the handshake response, before the handler could have said whether it needs one. A cookie
-    whose session is unknown is replaced the same way (fixation defence). The session is saved
-    after the handler and ``after_websocket`` (deleted when emptied), not after an error.
-    """
-    first = await receive()
-    if first.get("type") == "websocket.disconnect":
-        return  # the client left during the handshake
-    request = WebSocketRequest(scope)
-    token = current_request.set(request)
-    try:
-        try:
-            state = await load_session(app, request)
-            await _before_websocket(app, request)
-            handler, plan = _route(app, request)
-            ws = WebSocket(
-                receive,
-                send,
-                session_cookie_secure=app.session_cookie_secure,
-                session_id_validator=partial(checked_session_id, app),
-                scope=scope,
-                request=request,
-            )
-            ws._connect_pending = False
-            args, kwargs = _bind(plan, ws, request)
-            await _assign_session_id(app, ws, state)
-        except _Refused as refused:
-            await send(_close_message(refused.code, refused.reason))
-            return
-        except Exception:
-            logger.exception("WebSocket connection to %s failed before its handler", request.path)
-            await send(_close_message(*_INTERNAL_ERROR))
-            return
-        await _run_connection(app, ws, request, state, partial(handler, *args, **kwargs))
-    finally:
-        current_request.reset(token)
-
-
-async def _run_connection(
-    app: App,
-    ws: WebSocket,
-    request: WebSocketRequest,
-    state: SessionState,
-    call: Callable[[], Any],
-) -> None:
-    max_size = getattr(app, "ws_max_message_size", DEFAULT_MAX_MESSAGE_SIZE)
-    failed = False
-    try:
-        await ws._serve(call, max_size)
-    except Exception as error:
-        if not _only_connection_closed(error):
-            failed = True
-            logger.exception("Unhandled exception in WebSocket handler for %s", request.path)
-    except BaseException:
-        # A cancellation from outside (server shutdown), alone or in a group: say goodbye.
-        await ws._going_away()
-        raise
-    failed = not await _after_websocket(app, request) or failed
-    if not failed:
-        failed = not await _save_session(app, request, ws, state)
-    await ws._finish(failed)
-
-
-# --- the steps ----------------------------------------------------------------------------
-
-
-async def _before_websocket(app: App, request: WebSocketRequest) -> None:
-    for middleware in app.ws_middlewares:
-        result = await middleware.before_websocket(request)
-        if result:
-            raise _Refused(result.get("code", 1008), result.get("reason", "Middleware rejected"))
-
-
-async def _after_websocket(app: App, request: WebSocketRequest) -> bool:
-    """Run every ``after_websocket``; return ``False`` if one raised (it is logged)."""
-    for middleware in app.ws_middlewares:
-        try:
-            await middleware.after_websocket(request)
-        except Exception:
-            logger.exception("after_websocket failed for %s", request.path)
-            return False
-    return True
-
-
-def _route(app: App, request: WebSocketRequest) -> tuple[Callable[..., Any], routing.HandlerPlan]:
-    """``/chat/x`` → ``ws_chat`` with path parameters ``["x"]``; ``/`` → ``ws_index``.
-
-    Middleware may name the handler in ``request._ws_route_handler`` and set
-    ``request.path_params`` (kept when non-empty, as for HTTP). No index fallback.
-    """
-    from .app import App as base
-
-    path = request.path.lstrip("/")
-    segments = path.split("/") if path else []
-    name = segments[0] if segments else "index"
-    if name.startswith("_"):
-        raise _Refused(1008, "Private handler not allowed")
-    handler_name = getattr(request, "_ws_route_handler", None) or f"ws_{name}"
-    if not request.path_params:
-        request.path_params = segments[1:]
-    found = routing.resolve_handler(app, handler_name, base)
-    if isinstance(found, routing.Lookup):
-        raise _Refused(1008, "No matching WebSocket route")
-    raw, handler = found
-    return handler, routing.plan_for(raw, handler)
-
-
-def _bind(
-    plan: routing.HandlerPlan, ws: WebSocket, request: WebSocketRequest
-) -> tuple[list[Any], dict[str, Any]]:
-    """The handler's arguments: the ``WebSocket``, then path segment → query → default."""
-    if not plan.parameters:
-        raise _Refused(1011, "WebSocket handler must accept a connection argument")
-    first, *rest = plan.parameters
-    args: list[Any] = []
-    kwargs: dict[str, Any] = {}
-    if first.kind is inspect.Parameter.KEYWORD_ONLY:
-        kwargs[first.name] = ws
-    elif first.kind is inspect.Parameter.VAR_KEYWORD:
-        kwargs["ws"] = ws
-    else:
-        args.append(ws)
-    used = {first.name}
-    path, position = request.path_params, 0
-    query = request.query_params
-    for parameter in rest:
-        if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
-            args.extend(path[position:])
-            position = len(path)
-            continue
-        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
-            continue
-        if position < len(path):
-            value, position = path[position], position + 1
-        elif query.get(parameter.name):
-            value = query[parameter.name][0]
-        elif parameter.default is not inspect.Parameter.empty:
-            value = parameter.default
-        else:
-            raise _Refused(1008, f"Missing required parameter '{parameter.name}'")
-        if parameter.coerce is not None and isinstance(value, str):
-            try:
-                value = parameter.coerce(value)
-            except ValueError:
-                raise _Refused(1008, f"Invalid value for parameter '{parameter.name}'") from None
-        used.add(parameter.name)
-        if parameter.kind is inspect.Parameter.KEYWORD_ONLY:
-            kwargs[parameter.name] = value
-        else:
-            args.append(value)
-    if plan.var_keyword:
-        for name, values in query.items():
-            if values and name not in used and name not in kwargs:
-                kwargs[name] = values[0]
-    return args, kwargs
-
-
-async def _assign_session_id(app: App, ws: WebSocket, state: SessionState) -> None:
-    """Give the connection its session id before accept (MicroPie 0.32's rules).
-
-    A valid cookie whose session loaded empty is dropped (fixation defence); without an id a new
-    one is made. Either way ``accept()`` will send the new id as a cookie.
-    """
-    session_id = state.session_id
-    if session_id is not None and state.was_empty:
-        await state.backend.save(session_id, {}, 0)
-        session_id = None
-    if session_id is None:
-        session_id = new_session_id(app)
-        ws._session_cookie_pending = True
-    ws.session_id = session_id
-
-
-async def _save_session(
-    app: App, request: WebSocketRequest, ws: WebSocket, state: SessionState
-) -> bool:
-    """Save (or delete) the session under the connection's id; ``False`` if that failed."""
-    try:
-        if request.session and ws.session_id:
-            await state.backend.save(ws.session_id, request.session, app.session_timeout)
-        elif state.session_id is not None and ws.session_id:
-            await state.backend.save(ws.session_id, {}, 0)
-    except Exception:
-        logger.exception("Saving the session failed for WebSocket %s", request.path)
-        return False
-    return True
