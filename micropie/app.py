@@ -325,7 +325,15 @@ class App:
         headers: list[Any],
     ) -> None:
         if is_stream(body):
-            await send_stream(send, receive, status, encode_headers(headers), body, request.path)
+            await send_stream(
+                send,
+                receive,
+                status,
+                encode_headers(headers),
+                body,
+                request.path,
+                self._lifetime.stopping,
+            )
         else:
             await send_plain(send, status, encode_headers(headers), plain_body(body))
 
@@ -342,6 +350,15 @@ class App:
         return await templates.render(self.env, name, context)
 
     # --- lifetime and serving --------------------------------------------------------------
+
+    def begin_shutdown(self) -> None:
+        """The server is shutting down gracefully: close WebSockets (1001) and end streams.
+
+        ``app.serve()``, ``app.run()`` and ``python -m micropie`` call this as soon as a shutdown
+        is requested, so that long-lived connections end within the grace period instead of
+        being cut when it runs out. Plain requests in flight finish normally.
+        """
+        self._lifetime.begin_shutdown()
 
     def start_soon(self, function: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run ``function(*args)`` in the background for as long as the app lives."""

@@ -228,7 +228,7 @@ class DisconnectSweeper:
         self._interval = interval
         self._in_flight: set[ConnectionScope] = set()
         self._task_group: anyio.abc.TaskGroup | None = None
-        self._wakeup = anyio.Event()
+        self._wakeup: anyio.Event | None = None  # made in run(): apps are built outside loops
         self._idle = True
         self._next_wake = math.inf
 
@@ -238,7 +238,7 @@ class DisconnectSweeper:
 
     def register(self, connection: ConnectionScope) -> None:
         self._in_flight.add(connection)
-        if self._idle:
+        if self._idle and self._wakeup is not None:
             self._idle = False
             self._wakeup.set()
 
@@ -247,7 +247,7 @@ class DisconnectSweeper:
 
     def deadline_set(self, deadline: float) -> None:
         """A body deadline was set: sweep by then if the next sweep would come too late."""
-        if deadline < self._next_wake:
+        if deadline < self._next_wake and self._wakeup is not None:
             self._next_wake = deadline
             self._wakeup.set()
 
@@ -255,27 +255,30 @@ class DisconnectSweeper:
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Sweep until cancelled (by the app's lifespan task group at shutdown)."""
+        self._wakeup = anyio.Event()
+        self._idle = True
         try:
             async with anyio.create_task_group() as task_group:
                 self._task_group = task_group
                 task_status.started()
-                await self._sweep_forever(task_group)
+                await self._sweep_forever(task_group, self._wakeup)
         finally:
             self._task_group = None
+            self._wakeup = None
 
-    async def _sweep_forever(self, task_group: anyio.abc.TaskGroup) -> None:
+    async def _sweep_forever(self, task_group: anyio.abc.TaskGroup, wakeup: anyio.Event) -> None:
         next_round = time.monotonic() + self._interval
         while True:
             if not self._in_flight:
                 self._idle = True
                 self._next_wake = math.inf
-                await self._wakeup.wait()
-                self._wakeup = anyio.Event()
+                await wakeup.wait()
+                wakeup = self._wakeup = anyio.Event()
                 next_round = time.monotonic() + self._interval
             self._next_wake = min(next_round, self._earliest_body_deadline())
             with anyio.move_on_after(max(self._next_wake - time.monotonic(), 0.0)):
-                await self._wakeup.wait()
-            self._wakeup = anyio.Event()
+                await wakeup.wait()
+            wakeup = self._wakeup = anyio.Event()
             now = time.monotonic()
             self._expire_stalled_bodies(now)
             if now >= next_round:

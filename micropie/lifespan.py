@@ -48,9 +48,13 @@ class AppLifetime:
         self._app = app
         self._task_group: anyio.abc.TaskGroup | None = None
         self.started = False
+        #: Set when the server begins its graceful shutdown (``App.begin_shutdown``): open
+        #: WebSockets close with 1001 and streams end. ``None`` while lifespan is not running.
+        self.stopping: anyio.Event | None = None
 
     async def run(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve the lifespan protocol until shutdown (the ASGI ``lifespan`` call)."""
+        self.stopping = anyio.Event()
         async with anyio.create_task_group() as task_group, AsyncExitStack() as context:
             self._task_group = task_group
             try:
@@ -58,6 +62,8 @@ class AppLifetime:
                 await self._converse(scope, receive, send, context)
             finally:
                 self._task_group = None
+                self.stopping.set()  # connections still open see the app go
+                self.stopping = None
                 task_group.cancel_scope.cancel()
 
     async def _converse(
@@ -105,6 +111,10 @@ class AppLifetime:
         await context.aclose()
         for handler in self._app.shutdown_handlers:
             await _call(handler)
+
+    def begin_shutdown(self) -> None:
+        if self.stopping is not None:
+            self.stopping.set()
 
     def _running_group(self) -> anyio.abc.TaskGroup:
         if self._task_group is None:

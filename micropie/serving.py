@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import anyio
 from anyio.abc import TaskStatus
 
+from .concurrency import sole_exception
 from .types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -178,31 +179,48 @@ async def _serve_until_stopped(
 
     async with anyio.create_task_group() as task_group:
         task_group.start_soon(run_hypercorn)
+        begin_stop = _stopper(watcher.app, stop)
         if shutdown_trigger is not None:
-            task_group.start_soon(_set_when_returned, shutdown_trigger, stop)
+            task_group.start_soon(_set_when_returned, shutdown_trigger, begin_stop)
         try:
             await watcher.ready.wait()
             if not done.is_set():
                 task_status.started(address)
             await done.wait()
         finally:
-            stop.set()
+            begin_stop()
             task_group.cancel_scope.cancel()  # the trigger; hypercorn's task is shielded
     if failure is not None:
         raise failure
 
 
 def _unwrap(error: Exception) -> Exception:
-    while isinstance(error, ExceptionGroup) and len(error.exceptions) == 1:
-        error = error.exceptions[0]
+    if isinstance(error, ExceptionGroup):
+        sole = sole_exception(error)
+        if isinstance(sole, Exception):
+            return sole
     return error
 
 
-async def _set_when_returned(trigger: ShutdownTrigger, stop: anyio.Event) -> None:
+async def _set_when_returned(trigger: ShutdownTrigger, stop: Callable[[], None]) -> None:
     try:
         await trigger()
     finally:
-        stop.set()
+        stop()
+
+
+def _stopper(app: ASGIApp, stop: anyio.Event) -> Callable[[], None]:
+    """Begin a graceful shutdown: tell the app first (a micropie ``App`` then closes its
+    WebSockets with 1001 and ends its streams), then let hypercorn stop accepting and wait."""
+
+    def begin() -> None:
+        if not stop.is_set():
+            begin_shutdown = getattr(app, "begin_shutdown", None)
+            if callable(begin_shutdown):
+                begin_shutdown()
+            stop.set()
+
+    return begin
 
 
 class LifespanNotSupportedError(Exception):

@@ -119,16 +119,38 @@ async def _send_chunks(send: Send, body: Any, task_group: anyio.abc.TaskGroup) -
         await chunks.aclose()
 
 
+async def _end_on(server_stopping: anyio.Event, sending: anyio.CancelScope) -> None:
+    await server_stopping.wait()
+    sending.cancel()
+
+
 async def send_stream(
-    send: Send, receive: Receive, status: int, headers: RawHeaders, body: Any, path: str
+    send: Send,
+    receive: Receive,
+    status: int,
+    headers: RawHeaders,
+    body: Any,
+    path: str,
+    server_stopping: anyio.Event | None = None,
 ) -> None:
-    """Send ``body`` chunk by chunk; stop at once when the client leaves."""
+    """Send ``body`` chunk by chunk; stop at once when the client leaves.
+
+    When ``server_stopping`` is set (graceful shutdown), the stream ends cleanly instead: the
+    body is closed and the response finished, so that an ``EventSource`` reconnects later.
+    """
     with collapse_excgroups():
         async with anyio.create_task_group() as task_group:
             task_group.start_soon(watch_for_disconnect, receive, task_group.cancel_scope)
             try:
                 await send({"type": "http.response.start", "status": status, "headers": headers})
-                await _send_chunks(send, body, task_group)
+                # The producers (keep-alive, shutdown watch) end before the body is closed: a
+                # generator cannot be closed while another task is still iterating it.
+                with collapse_excgroups():
+                    async with anyio.create_task_group() as producers:
+                        if server_stopping is not None:
+                            producers.start_soon(_end_on, server_stopping, producers.cancel_scope)
+                        await _send_chunks(send, body, producers)
+                        producers.cancel_scope.cancel()
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             except Exception:
                 logger.exception("Streaming response for %s failed mid-stream", path)

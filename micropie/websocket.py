@@ -386,9 +386,16 @@ class WebSocket:
 
     # --- the connection's lifetime (used by serve_websocket) -------------------------------
 
-    async def _serve(self, call: Callable[[], Any], max_message_size: int | None) -> None:
+    async def _serve(
+        self,
+        call: Callable[[], Any],
+        max_message_size: int | None,
+        server_stopping: anyio.Event | None = None,
+    ) -> None:
         """Run the handler ``call`` with the pump beside it; return when both are done.
 
+        When ``server_stopping`` is set (the server began its graceful shutdown), the connection
+        is closed with 1001 at once and the handler is cancelled ``DISCONNECT_GRACE`` later.
         Raises what the handler (or a ``start_soon`` task) raised, unwrapped when it is alone.
         """
         inbox_send, inbox = anyio.create_memory_object_stream[Message](INBOX_SIZE)
@@ -399,6 +406,8 @@ class WebSocket:
                 async with anyio.create_task_group() as task_group:
                     self._task_group = task_group
                     task_group.start_soon(self._pump, inbox_send, handler_scope, max_message_size)
+                    if server_stopping is not None:
+                        task_group.start_soon(self._leave_on, server_stopping, handler_scope)
                     try:
                         with handler_scope:
                             result = call()
@@ -458,6 +467,15 @@ class WebSocket:
             return
         code, reason = INTERNAL_ERROR if failed else (1000, "")
         await self._close_quietly(code, reason)
+
+    async def _leave_on(
+        self, server_stopping: anyio.Event, handler_scope: anyio.CancelScope
+    ) -> None:
+        """Graceful server shutdown: say 1001 now, give the handler a grace period to finish."""
+        await server_stopping.wait()
+        await self._going_away()
+        await anyio.sleep(DISCONNECT_GRACE)
+        handler_scope.cancel()
 
     async def _going_away(self) -> None:
         """Server shutdown: close with 1001, shielded and bounded, whatever the state."""

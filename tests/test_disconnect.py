@@ -7,12 +7,11 @@ for itself). Both must give the same user-visible result.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import pytest
+from drive import Client, http_scope, lifespan
 
 from micropie import App, HttpMiddleware, Request
 
@@ -20,57 +19,6 @@ pytestmark = pytest.mark.anyio
 
 #: Generous bound for "cancelled promptly": the sweeper needs at most two 50 ms sweeps.
 PROMPTLY = 1.0
-
-
-class Client:
-    """A scripted HTTP client: ``receive()`` blocks until ``leave()``, then reports a disconnect."""
-
-    def __init__(self) -> None:
-        self.sent: list[dict[str, Any]] = []
-        self.left = anyio.Event()
-        self.receive_calls = 0
-        self.pending_receives = 0
-
-    def leave(self) -> None:
-        self.left.set()
-
-    async def receive(self) -> dict[str, Any]:
-        self.receive_calls += 1
-        self.pending_receives += 1
-        try:
-            await self.left.wait()
-        finally:
-            self.pending_receives -= 1
-        return {"type": "http.disconnect"}
-
-    async def send(self, message: dict[str, Any]) -> None:
-        self.sent.append(message)
-
-
-def http_scope(path: str) -> dict[str, Any]:
-    return {"type": "http", "method": "GET", "path": path, "headers": [], "query_string": b""}
-
-
-@asynccontextmanager
-async def lifespan(app: App, *, running: bool) -> AsyncIterator[None]:
-    """Run the app's lifespan around the block (or not, for the no-lifespan path)."""
-    if not running:
-        yield
-        return
-    to_app_send, to_app = anyio.create_memory_object_stream[dict[str, Any]](2)
-    from_app_send, from_app = anyio.create_memory_object_stream[dict[str, Any]](2)
-
-    async def run() -> None:
-        async with to_app, from_app_send:
-            await app({"type": "lifespan"}, to_app.receive, from_app_send.send)
-
-    async with anyio.create_task_group() as task_group, to_app_send, from_app:
-        task_group.start_soon(run)
-        await to_app_send.send({"type": "lifespan.startup"})
-        assert (await from_app.receive())["type"] == "lifespan.startup.complete"
-        yield
-        await to_app_send.send({"type": "lifespan.shutdown"})
-        assert (await from_app.receive())["type"] == "lifespan.shutdown.complete"
 
 
 class Waiter(App):
