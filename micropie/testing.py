@@ -609,7 +609,8 @@ class _Lifespan:
 
     async def shutdown(self) -> None:
         """Raises ``LifespanError``, the app's exception, or ``AppOutlivedClientError``."""
-        return
+        if not self._supported:
+            return
         answer = await self._ask("lifespan.shutdown")
         await self._call.wait_finished(self._timeout, after="lifespan.shutdown")
         if answer is not None and answer["type"] == "lifespan.shutdown.failed":
