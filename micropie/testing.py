@@ -41,12 +41,9 @@ import logging
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
-    Awaitable,
     Callable,
-    Iterator,
-    MutableMapping,
 )
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from types import AsyncGeneratorType, TracebackType
 from typing import Any, Self, TypeVar
 
@@ -55,6 +52,9 @@ import anyio.lowlevel
 import httpx
 from anyio.abc import TaskGroup
 
+from .concurrency import collapse_excgroups
+from .types import ASGIApp, Message, Receive, Scope, Send
+
 __all__ = [
     "ASGIProtocolError",
     "AppOutlivedClientError",
@@ -62,11 +62,6 @@ __all__ = [
     "TestClient",
 ]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 logger = logging.getLogger("micropie")
 _T = TypeVar("_T")
@@ -105,28 +100,10 @@ class LifespanError(RuntimeError):
 # -- helpers shared by every kind of connection (HTTP now, WebSocket later) ---------------------
 
 
-@contextmanager
-def _collapse_exception_groups() -> Iterator[None]:
-    """Let a task group's lone exception out as itself; keep real groups (2+ errors) intact."""
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        exc: BaseException = group
-        while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-            exc = exc.exceptions[0]
-        if exc is group:
-            raise
-        context = exc.__context__
-        try:
-            raise exc  # the group around it is noise; its own context is restored below
-        finally:
-            exc.__context__ = context
-
-
 @asynccontextmanager
 async def _open_task_group() -> AsyncIterator[TaskGroup]:
     """An anyio task group whose single exceptions come out unwrapped."""
-    with _collapse_exception_groups():
+    with collapse_excgroups():
         async with anyio.create_task_group() as task_group:
             yield task_group
 
