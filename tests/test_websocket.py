@@ -18,6 +18,7 @@ import anyio.lowlevel
 import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from examples.websockets.app import MyApp
 from micropie import (
     App,
     ConnectionClosed,
@@ -126,22 +127,7 @@ async def connect(
 # --- the seed ----------------------------------------------------------------------------
 
 
-class SeedApp(App):
-    """The two examples of seed-websockets.txt, as written."""
-
-    async def ws_echo(self, ws):  # type: ignore[no-untyped-def]
-        await ws.accept()
-        while True:
-            try:
-                message = await ws.receive_text()
-            except ConnectionClosed:
-                break
-            await ws.send_text(f"Echo: {message}")
-
-    async def ws_greet(self, ws, name="Guest"):  # type: ignore[no-untyped-def]
-        await ws.accept()
-        await ws.send_text(f"Hello {name}!")
-        await ws.close()
+SeedApp = MyApp  # the seed's two examples, as written, in examples/websockets/app.py
 
 
 async def test_seed_echo_until_the_client_leaves() -> None:

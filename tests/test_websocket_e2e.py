@@ -19,6 +19,7 @@ import anyio.abc
 import pytest
 from servers import running_server
 
+from examples.websockets.app import MyApp
 from micropie import App, ConnectionClosed, WebSocket, WebSocketMiddleware
 
 pytestmark = pytest.mark.anyio
@@ -86,22 +87,8 @@ async def ws_connect(url: str, backend: str) -> AsyncIterator[Client]:
         yield Client(connection, backend)
 
 
-class SeedApp(App):
-    """The seed's examples as written, plus a few endpoints for failure paths."""
-
-    async def ws_echo(self, ws):  # type: ignore[no-untyped-def]
-        await ws.accept()
-        while True:
-            try:
-                message = await ws.receive_text()
-            except ConnectionClosed:
-                break
-            await ws.send_text(f"Echo: {message}")
-
-    async def ws_greet(self, ws, name="Guest"):  # type: ignore[no-untyped-def]
-        await ws.accept()
-        await ws.send_text(f"Hello {name}!")
-        await ws.close()
+class SeedApp(MyApp):
+    """The seed's examples as written (examples/websockets/app.py), plus failure paths."""
 
     async def ws_quiet(self, ws: WebSocket) -> None:
         await ws.accept()
