@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import nox
 
 nox.options.sessions = ["tests", "lint", "typecheck"]
@@ -9,9 +12,31 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.default_venv_backend = "venv"
 
 
+#: Programs the tests use for real, and the Debian packages that provide them.
+SYSTEM_PACKAGES = {
+    "redis-server": "redis-server",
+    "chromium": "chromium",
+    "chromedriver": "chromium-driver",
+}
+
+
+def install_system_packages(session: nox.Session) -> None:
+    """apt-get install what the tests need and the machine lacks (as root, on Debian)."""
+    missing = sorted({pkg for program, pkg in SYSTEM_PACKAGES.items() if not shutil.which(program)})
+    if not missing:
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        session.warn(f"install these Debian packages first: {' '.join(missing)}")
+        return
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    session.run("apt-get", "update", "-qq", external=True, env=env)
+    session.run("apt-get", "install", "-y", "-qq", *missing, external=True, env=env)
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """The whole test suite, every concurrency test on asyncio and trio."""
+    install_system_packages(session)
     session.install("-e", ".[test]")
     session.run("python", "-m", "pytest", *session.posargs)
 
