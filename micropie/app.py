@@ -174,8 +174,8 @@ class App:
                 session, media_type = await self._prepare(request)
                 connection = self._connection_for(request, receive, media_type)
                 async with connection:
-                    if connection.form is None and media_type is not None:
-                        await self._read_body(request, receive, connection, media_type)
+                    if isinstance(connection, ConnectionScope) and connection.reading:
+                        await self._read_body(request, receive, connection, str(media_type))
                     status, body, headers = await self._run_user_code(request, connection.form)
                 if connection.timed_out:
                     await send_plain(send, *error_response(408, _BODY_TIMEOUT))
@@ -235,9 +235,9 @@ class App:
         return ConnectionScope(receive, self._sweeper, reading=media_type is not None)
 
     async def _read_body(
-        self, request: Request, receive: Receive, connection: Connection, media_type: str
+        self, request: Request, receive: Receive, connection: ConnectionScope, media_type: str
     ) -> None:
-        assert isinstance(connection, ConnectionScope)
+        """Read and parse a JSON or urlencoded body, then start watching for the client."""
         body = await bodies.read_body(
             receive,
             max_size=self.max_body_size,
