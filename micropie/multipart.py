@@ -77,6 +77,10 @@ class _BufferedReception:
     def client_left(self) -> bool:
         return self._inner.client_left
 
+    @property
+    def timed_out(self) -> bool:
+        return False  # read_body answers a stalled upload with HTTPError(408) itself
+
     async def __aenter__(self) -> _BufferedReception:
         await _read_form(self._app, self._request, self._receive)
         await self._inner.__aenter__()
