@@ -163,10 +163,27 @@ class CliServer:
         return self.wait(timeout)
 
     def kill(self) -> None:
-        """Last resort, for cleanup after a failure."""
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(STOP_TIMEOUT)
+        """Last resort, for cleanup after a failure: the whole process group, workers too.
+
+        With ``--workers N`` the supervisor's workers would outlive it and keep the output pipe
+        open, so the group gets SIGTERM, then SIGKILL if it has not gone within a bound.
+        """
+        for signum in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.process.pid, signum)  # the server leads its own session
+            except ProcessLookupError:
+                break  # nothing of the group is left
+            try:
+                self.process.wait(STOP_TIMEOUT / 2)
+            except subprocess.TimeoutExpired:
+                continue
+            if signum == signal.SIGTERM:
+                signum = signal.SIGKILL  # the leader is gone; take any stragglers with it
+                try:
+                    os.killpg(self.process.pid, signum)
+                except ProcessLookupError:
+                    pass
+            break
 
     def __enter__(self) -> CliServer:
         return self
@@ -203,6 +220,7 @@ def spawn_cli(*args: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,  # so that kill() can end the workers of --workers N too
     )
 
 

@@ -1,0 +1,437 @@
+"""WebSocket benchmark: echo throughput and memory per idle connection, micropie against raw ASGI.
+
+Two questions, both answered on hypercorn's asyncio and trio workers, for micropie and for a
+hand-written raw ASGI echo app measured in the same run:
+
+1. **Echo throughput.** ``--connections`` clients (50) each send ``--messages`` (1,000) small
+   text messages one at a time and wait for each echo. The score is echoes per second over
+   all connections (connecting is not timed); beside it, the server's CPU time per echo from
+   ``/proc/<pid>/task/*/schedstat``, a reading that the client's own speed does not limit.
+2. **Memory per idle connection.** A fresh server is warmed up (100 connections opened, used and
+   closed), its RSS read from ``/proc/<pid>/status``; then ``--idle`` (1,000) connections are
+   opened, each echoes one message (so its handler is running) and stays open; RSS is read
+   again. The score is the RSS growth divided by the number of connections.
+
+Servers are ``python -m hypercorn --workers 0`` subprocesses (the worker runs in the process
+whose RSS is read), bound to 127.0.0.1 on a free port, each run bounded in time. The clients
+are the ``websockets`` library (asyncio) in this process, without compression (a per-message
+deflate context costs far more memory than any framework and would hide the difference) and
+without keep-alive pings. Throughput repetitions alternate the order of the two apps; a ratio
+is the median of per-repetition ratios.
+
+This file is also the servers' app module: hypercorn loads ``websocket.py:build('raw')`` or
+``build('micropie')``, so nothing from the client side is imported at module level.
+
+Run: ``python benchmarks/websocket.py`` (about 2 minutes) or ``--quick`` (about 20 s). Prints
+markdown; writes JSON to ``benchmarks/results/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+WORKERS = ("asyncio", "trio")
+APPS = ("raw", "micropie")
+PAYLOAD = "x" * 64  # one small chat-sized text message
+STARTUP_TIMEOUT = 20.0  # seconds for hypercorn to import the app and answer
+RUN_TIMEOUT = 180.0  # seconds for any one measurement, whatever happens
+OPEN_CONCURRENCY = 50  # handshakes in flight at once (hypercorn's listen backlog is 100)
+WARMUP_CONNECTIONS = 100
+SETTLE_SECONDS = 0.5  # after opening or closing connections, before reading RSS
+TARGETS = {"throughput": 0.98, "memory": 1.10}  # from the issue: >= 0.98x raw, <= 1.10x raw
+
+
+# --------------------------------------------------------------------------- the servers' apps
+
+
+async def raw_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The floor: echoes WebSocket messages, answers HTTP with ``ok``, speaks lifespan."""
+    if scope["type"] == "websocket":
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        while True:
+            message = await receive()
+            if message["type"] != "websocket.receive":
+                return
+            await send(
+                {
+                    "type": "websocket.send",
+                    "text": message.get("text"),
+                    "bytes": message.get("bytes"),
+                }
+            )
+    elif scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+    else:
+        while True:
+            message = await receive()
+            await send({"type": message["type"] + ".complete"})
+            if message["type"] == "lifespan.shutdown":
+                return
+
+
+def build(name: str) -> Any:
+    """The app called ``name`` (hypercorn evaluates ``build('raw')`` in this module)."""
+    if name == "raw":
+        return raw_app
+    if name != "micropie":
+        raise ValueError(f"unknown app {name!r}")
+    from micropie import App
+
+    class EchoApp(App):
+        async def index(self) -> str:
+            return "ok"
+
+        async def ws_echo(self, ws: Any) -> None:
+            await ws.accept()
+            async for message in ws:
+                if isinstance(message, str):
+                    await ws.send_text(message)
+                else:
+                    await ws.send_bytes(message)
+
+    return EchoApp()
+
+
+# --------------------------------------------------------------------------- hypercorn
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """``python -m hypercorn --workers 0`` serving ``build(name)``; logs to ``results/logs``."""
+
+    def __init__(self, name: str, worker: str) -> None:
+        self.name = name
+        self.worker = worker
+        self.port = free_port()
+        logs = RESULTS / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        self.log_path = logs / f"websocket-{worker}-{name}.log"
+        command = [
+            sys.executable,
+            "-m",
+            "hypercorn",
+            "--worker-class",
+            worker,
+            "--workers",
+            "0",
+            "--bind",
+            f"127.0.0.1:{self.port}",
+            "--graceful-timeout",
+            "1",
+            "--error-logfile",
+            "-",
+            f"{Path(__file__).resolve()}:build({name!r})",
+        ]
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, cwd=HERE.parent
+            )
+
+    @property
+    def url(self) -> str:
+        path = "/" if self.name == "raw" else "/echo"
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+    def wait_ready(self) -> None:
+        """Wait until the port accepts; raise with the log's tail if it never does."""
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        tail = self.log_path.read_text(errors="replace")[-1500:]
+        self.stop()
+        raise RuntimeError(f"hypercorn-{self.worker} for {self.name} did not start:\n{tail}")
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS in /proc (Linux only)")
+
+    def cpu_ns(self) -> int:
+        """On-CPU nanoseconds of all the server's threads so far."""
+        total = 0
+        for schedstat in Path(f"/proc/{self.process.pid}/task").glob("*/schedstat"):
+            try:
+                total += int(schedstat.read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+        return total
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()  # graceful: open connections get --graceful-timeout
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+    def __enter__(self) -> Server:
+        self.wait_ready()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+# --------------------------------------------------------------------------- the clients
+
+
+async def open_connections(url: str, count: int) -> list[Any]:
+    """``count`` open connections, each having echoed one message (its handler is running)."""
+    import asyncio
+
+    from websockets.asyncio.client import connect
+
+    limit = asyncio.Semaphore(OPEN_CONCURRENCY)
+
+    async def open_one() -> Any:
+        async with limit:
+            connection = await connect(
+                url, compression=None, ping_interval=None, max_queue=4, open_timeout=30
+            )
+            await connection.send(PAYLOAD)
+            if await connection.recv() != PAYLOAD:
+                raise RuntimeError(f"{url} did not echo")
+            return connection
+
+    tasks = [asyncio.ensure_future(open_one()) for _ in range(count)]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        await close_all([result for result in results if not isinstance(result, BaseException)])
+        raise
+
+
+async def close_all(connections: list[Any]) -> None:
+    import asyncio
+
+    await asyncio.gather(*(connection.close() for connection in connections))
+
+
+async def echo_run(server: Server, connections: int, messages: int) -> dict[str, float]:
+    """Echoes/s and server CPU µs per echo for ``connections`` × ``messages`` round trips."""
+    import asyncio
+
+    async with asyncio.timeout(RUN_TIMEOUT):
+        opened = await open_connections(server.url, connections)
+        try:
+
+            async def ping_pong(connection: Any) -> None:
+                for _ in range(messages):
+                    await connection.send(PAYLOAD)
+                    await connection.recv()
+
+            cpu_before = server.cpu_ns()
+            started = time.perf_counter()
+            await asyncio.gather(*(ping_pong(connection) for connection in opened))
+            elapsed = time.perf_counter() - started
+            cpu = server.cpu_ns() - cpu_before
+        finally:
+            await close_all(opened)
+    echoes = connections * messages
+    return {"echoes_per_s": echoes / elapsed, "server_cpu_us": cpu / 1e3 / echoes}
+
+
+async def idle_run(server: Server, idle: int) -> dict[str, float]:
+    """Server RSS growth per idle connection (bytes), after a warm-up."""
+    import asyncio
+
+    async with asyncio.timeout(RUN_TIMEOUT):
+        await close_all(await open_connections(server.url, WARMUP_CONNECTIONS))
+        await asyncio.sleep(SETTLE_SECONDS)
+        before = server.rss_bytes()
+        opened = await open_connections(server.url, idle)
+        try:
+            await asyncio.sleep(SETTLE_SECONDS)
+            after = server.rss_bytes()
+        finally:
+            await close_all(opened)
+    return {
+        "rss_before": before,
+        "rss_after": after,
+        "bytes_per_connection": (after - before) / idle,
+    }
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Results:
+    settings: dict[str, Any]
+    throughput: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # worker/app
+    memory: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    throughput_ratios: dict[str, list[float]] = field(default_factory=dict)  # worker
+    cpu_ratios: dict[str, list[float]] = field(default_factory=dict)
+    memory_ratios: dict[str, list[float]] = field(default_factory=dict)
+
+
+def measure_throughput(worker: str, settings: argparse.Namespace, results: Results) -> None:
+    import asyncio
+
+    servers = {name: Server(name, worker) for name in APPS}
+    try:
+        for server in servers.values():
+            server.wait_ready()
+        for server in servers.values():  # warm-up, not recorded
+            asyncio.run(echo_run(server, settings.connections, max(settings.messages // 10, 10)))
+        for rep in range(settings.reps):
+            order = APPS if rep % 2 == 0 else APPS[::-1]
+            run = {
+                name: asyncio.run(echo_run(servers[name], settings.connections, settings.messages))
+                for name in order
+            }
+            for name, sample in run.items():
+                results.throughput.setdefault(f"{worker}/{name}", []).append(sample)
+            raw, app = run["raw"], run["micropie"]
+            results.throughput_ratios.setdefault(worker, []).append(
+                app["echoes_per_s"] / raw["echoes_per_s"]
+            )
+            results.cpu_ratios.setdefault(worker, []).append(
+                raw["server_cpu_us"] / app["server_cpu_us"]
+            )
+            print(
+                f"  {worker} rep {rep + 1}: raw {raw['echoes_per_s']:,.0f}/s,"
+                f" micropie {app['echoes_per_s']:,.0f}/s",
+                file=sys.stderr,
+            )
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+def measure_memory(worker: str, settings: argparse.Namespace, results: Results) -> None:
+    import asyncio
+
+    for rep in range(settings.memory_reps):
+        order = APPS if rep % 2 == 0 else APPS[::-1]
+        run = {}
+        for name in order:
+            with Server(name, worker) as server:  # a fresh process for every reading
+                run[name] = asyncio.run(idle_run(server, settings.idle))
+        for name, sample in run.items():
+            results.memory.setdefault(f"{worker}/{name}", []).append(sample)
+        results.memory_ratios.setdefault(worker, []).append(
+            run["micropie"]["bytes_per_connection"] / run["raw"]["bytes_per_connection"]
+        )
+        print(
+            f"  {worker} memory rep {rep + 1}: raw {run['raw']['bytes_per_connection'] / 1024:.1f}"
+            f" KiB, micropie {run['micropie']['bytes_per_connection'] / 1024:.1f} KiB",
+            file=sys.stderr,
+        )
+
+
+def median_of(samples: list[dict[str, float]], key: str) -> float:
+    return statistics.median(sample[key] for sample in samples)
+
+
+def report(results: Results, settings: argparse.Namespace) -> str:
+    lines = [
+        f"WebSocket echo: {settings.connections} connections × {settings.messages} messages,"
+        f" {settings.reps} repetitions; memory: {settings.idle} idle connections,"
+        f" {settings.memory_reps} repetitions. Medians; ratios are medians of per-repetition"
+        " ratios.\n",
+        "| hypercorn worker | raw echoes/s | micropie echoes/s | ratio | raw CPU µs/echo"
+        " | micropie CPU µs/echo | CPU ratio | raw KiB/conn | micropie KiB/conn | memory ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    verdicts = []
+    for worker in settings.workers:
+        raw, app = results.throughput[f"{worker}/raw"], results.throughput[f"{worker}/micropie"]
+        raw_mem, app_mem = results.memory[f"{worker}/raw"], results.memory[f"{worker}/micropie"]
+        ratio = statistics.median(results.throughput_ratios[worker])
+        cpu_ratio = statistics.median(results.cpu_ratios[worker])
+        memory_ratio = statistics.median(results.memory_ratios[worker])
+        lines.append(
+            f"| {worker} | {median_of(raw, 'echoes_per_s'):,.0f}"
+            f" | {median_of(app, 'echoes_per_s'):,.0f} | {ratio:.3f}x"
+            f" | {median_of(raw, 'server_cpu_us'):.1f} | {median_of(app, 'server_cpu_us'):.1f}"
+            f" | {cpu_ratio:.3f}x"
+            f" | {median_of(raw_mem, 'bytes_per_connection') / 1024:.1f}"
+            f" | {median_of(app_mem, 'bytes_per_connection') / 1024:.1f} | {memory_ratio:.3f}x |"
+        )
+        verdicts.append(
+            f"- hypercorn-{worker}: throughput {ratio:.3f}x raw (target >= {TARGETS['throughput']}:"
+            f" {'met' if ratio >= TARGETS['throughput'] else 'NOT met'}), memory per connection"
+            f" {memory_ratio:.3f}x raw (target <= {TARGETS['memory']}:"
+            f" {'met' if memory_ratio <= TARGETS['memory'] else 'NOT met'})"
+        )
+    return "\n".join([*lines, "", *verdicts])
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in ("hypercorn", "anyio", "trio", "websockets", "wsproto", "h11"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "missing"
+    return found
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small run, about 20 s")
+    parser.add_argument("--workers", default=",".join(WORKERS), help="hypercorn worker classes")
+    parser.add_argument("--connections", type=int, default=50, help="echo clients")
+    parser.add_argument("--messages", type=int, default=1000, help="round trips per client")
+    parser.add_argument("--reps", type=int, default=5, help="throughput repetitions")
+    parser.add_argument("--idle", type=int, default=1000, help="idle connections for memory")
+    parser.add_argument("--memory-reps", type=int, default=3, help="memory repetitions")
+    settings = parser.parse_args(argv)
+    if settings.quick:
+        settings.connections, settings.messages, settings.reps = 10, 200, 3
+        settings.idle, settings.memory_reps = 300, 1
+    settings.workers = [worker for worker in settings.workers.split(",") if worker]
+    return settings
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = parse_args(argv)
+    results = Results(settings={**vars(settings), "versions": versions(), "payload": len(PAYLOAD)})
+    results.settings["load_average_before"] = os.getloadavg()
+    for worker in settings.workers:
+        print(f"hypercorn-{worker}: throughput", file=sys.stderr)
+        measure_throughput(worker, settings, results)
+        print(f"hypercorn-{worker}: memory", file=sys.stderr)
+        measure_memory(worker, settings, results)
+    results.settings["load_average_after"] = os.getloadavg()
+    text = report(results, settings)
+    print(text)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"websocket-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps({**asdict(results), "report": text}, indent=2))
+    print(f"\nwrote {path.relative_to(HERE.parent)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

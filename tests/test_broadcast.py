@@ -1,0 +1,332 @@
+"""micropie.broadcast: fan-out on the memory backend and on a real redis-server, both loops.
+
+The Redis tests run against ``redis-server`` processes started by ``redis_server.py`` on
+127.0.0.1; the restart tests kill one with SIGKILL mid-subscription. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+
+import anyio
+import coredis
+import httpx
+import pytest
+from redis_server import RedisServer, redis_server  # noqa: F401 - the fixture
+from servers import free_port, running_server
+
+from micropie import App
+from micropie.broadcast import (
+    Broadcast,
+    BroadcastUnavailable,
+    Message,
+    SlowSubscriber,
+    Subscription,
+    SubscriptionClosed,
+)
+
+pytestmark = pytest.mark.anyio
+
+_names = itertools.count()
+
+
+@pytest.fixture
+def channel() -> str:
+    """A channel name no other test uses (the Redis server is shared by the module)."""
+    return f"test-channel-{next(_names)}"
+
+
+@pytest.fixture(params=["memory", "redis"])
+def url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Each test that takes ``url`` runs on both broadcast backends."""
+    if request.param == "memory":
+        yield "memory://"
+    else:
+        yield request.getfixturevalue("redis_server").url
+
+
+async def redis_subscribers(url: str, channel: str) -> int:
+    """How many connections Redis itself has subscribed to ``channel``."""
+    async with coredis.Redis.from_url(url, decode_responses=True) as client:
+        counts = await client.pubsub_numsub(channel)
+    return int(counts[channel])
+
+
+async def receive(subscription: Subscription) -> Message:
+    with anyio.fail_after(5):
+        return await subscription.receive()
+
+
+# --- delivery and scope ------------------------------------------------------------------
+
+
+async def test_publish_reaches_every_subscriber_of_the_channel_only(url: str, channel: str) -> None:
+    async with (
+        Broadcast(url) as broadcast,
+        broadcast.subscribe(channel) as first,
+        broadcast.subscribe(channel) as second,
+        broadcast.subscribe(channel + "-other") as other,
+    ):
+        await broadcast.publish(channel, "hello")
+        await broadcast.publish(channel + "-other", "elsewhere")
+        assert await receive(first) == Message(channel, "hello")
+        assert await receive(second) == Message(channel, "hello")
+        assert await receive(other) == Message(channel + "-other", "elsewhere")
+        with anyio.move_on_after(0.2):
+            unexpected = await first.receive()
+            pytest.fail(f"first got {unexpected} from another channel")
+
+
+async def test_messages_arrive_in_order(url: str, channel: str) -> None:
+    async with Broadcast(url) as broadcast, broadcast.subscribe(channel) as subscription:
+        for number in range(50):
+            await broadcast.publish(channel, str(number))
+        received = [(await receive(subscription)).data for _ in range(50)]
+    assert received == [str(number) for number in range(50)]
+
+
+async def test_two_broadcasts_on_one_redis_are_like_two_workers(
+    redis_server: RedisServer,  # noqa: F811
+    channel: str,
+) -> None:
+    async with (
+        Broadcast(redis_server.url) as worker_a,
+        Broadcast(redis_server.url) as worker_b,
+        worker_b.subscribe(channel) as on_b,
+        worker_a.subscribe(channel) as on_a,
+    ):
+        await worker_a.publish(channel, "from a")
+        assert (await receive(on_b)).data == "from a"
+        assert (await receive(on_a)).data == "from a"
+
+
+async def test_a_subscription_ends_with_its_block(url: str, channel: str) -> None:
+    async with Broadcast(url) as broadcast:
+        async with broadcast.subscribe(channel) as subscription:
+            pass
+        await broadcast.publish(channel, "after")  # nobody listens: fine
+        with pytest.raises(SubscriptionClosed):
+            await receive(subscription)
+        if url.startswith("redis"):
+            assert await redis_subscribers(url, channel) == 0
+
+
+async def test_a_cancelled_subscriber_is_removed_and_redis_unsubscribed(
+    url: str, channel: str
+) -> None:
+    async with Broadcast(url) as broadcast:
+        subscribed = anyio.Event()
+
+        async def listen_forever() -> None:
+            async with broadcast.subscribe(channel) as subscription:
+                subscribed.set()
+                async for _ in subscription:
+                    pass
+
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(listen_forever)
+            with anyio.fail_after(5):
+                await subscribed.wait()
+            if url.startswith("redis"):
+                assert await redis_subscribers(url, channel) == 1
+            task_group.cancel_scope.cancel()
+        assert not broadcast._hub.wanted(channel)
+        if url.startswith("redis"):
+            assert await redis_subscribers(url, channel) == 0
+
+
+async def test_leaving_the_broadcast_ends_iteration(url: str, channel: str) -> None:
+    broadcast = Broadcast(url)
+    subscribed, got_one, finished = anyio.Event(), anyio.Event(), anyio.Event()
+    received: list[str] = []
+
+    async def consume() -> None:
+        async with broadcast.subscribe(channel) as subscription:
+            subscribed.set()
+            async for message in subscription:
+                received.append(message.data)
+                got_one.set()
+        finished.set()  # the loop ended quietly: no exception
+
+    async with anyio.create_task_group() as task_group:
+        async with broadcast:
+            task_group.start_soon(consume)
+            with anyio.fail_after(5):
+                await subscribed.wait()
+                await broadcast.publish(channel, "last")
+                await got_one.wait()
+        with anyio.fail_after(5):
+            await finished.wait()
+    assert received == ["last"]
+
+
+async def test_memory_backend_works_without_being_entered(channel: str) -> None:
+    broadcast = Broadcast()
+    async with broadcast.subscribe(channel) as subscription:
+        await broadcast.publish(channel, "no setup")
+        assert (await receive(subscription)).data == "no setup"
+
+
+# --- slow subscribers --------------------------------------------------------------------
+
+
+async def test_a_subscriber_that_never_reads_stays_bounded_and_blocks_nobody(
+    url: str, channel: str
+) -> None:
+    async with (
+        Broadcast(url, queue_size=4) as broadcast,
+        broadcast.subscribe(channel) as stuck,
+        broadcast.subscribe(channel, queue_size=1000) as reader,
+    ):
+        with anyio.fail_after(5):  # the publisher never waits for the stuck subscriber
+            for number in range(300):
+                await broadcast.publish(channel, str(number))
+        got = [(await receive(reader)).data for _ in range(300)]
+        assert got == [str(number) for number in range(300)]
+        assert stuck._receive.statistics().current_buffer_used == 4
+        assert stuck.dropped == 296
+        assert broadcast.dropped == 296
+        assert [(await receive(stuck)).data for _ in range(4)] == ["296", "297", "298", "299"]
+
+
+async def test_disconnect_policy_ends_a_slow_subscription(url: str, channel: str) -> None:
+    async with Broadcast(url) as broadcast, broadcast.subscribe(channel) as witness:
+        with pytest.raises(SlowSubscriber, match="did not keep up"):
+            await overflow_then_read(broadcast, channel, witness)
+        assert (await receive(witness)).data == "0"  # the others are unaffected
+    assert not broadcast._hub.wanted(channel)
+
+
+async def overflow_then_read(broadcast: Broadcast, channel: str, witness: Subscription) -> None:
+    async with broadcast.subscribe(channel, queue_size=2, overflow="disconnect") as slow:
+        for number in range(3):
+            await broadcast.publish(channel, str(number))
+        # Delivery to all subscribers of a channel happens at once, so once the witness has
+        # the third message, the slow subscription has overflowed.
+        witnessed = [(await receive(witness)).data for _ in range(3)]
+        assert witnessed == ["0", "1", "2"]
+        await broadcast.publish(channel, "0")  # for the assertion after the raise
+        async for _ in slow:
+            pytest.fail("the queue of an overflowed subscription is dropped")
+
+
+# --- Redis going away --------------------------------------------------------------------
+
+
+async def test_startup_fails_clearly_when_redis_is_unreachable() -> None:
+    broadcast = Broadcast(f"redis://127.0.0.1:{free_port()}/0", connect_timeout=0.5)
+    with anyio.fail_after(5), pytest.raises(BroadcastUnavailable, match="cannot connect"):
+        async with broadcast:
+            pass
+
+
+async def test_redis_restart_mid_subscription_regains_delivery(channel: str) -> None:
+    with RedisServer.start() as redis:
+        async with (
+            Broadcast(redis.url, connect_timeout=1, publish_timeout=1) as broadcast,
+            broadcast.subscribe(channel) as subscription,
+        ):
+            await broadcast.publish(channel, "before")
+            assert (await receive(subscription)).data == "before"
+
+            redis.kill()
+            with anyio.fail_after(3), pytest.raises(BroadcastUnavailable, match="cannot publish"):
+                await broadcast.publish(channel, "while down")
+            with anyio.fail_after(3), pytest.raises(BroadcastUnavailable, match="subscribe"):
+                async with broadcast.subscribe(channel + "-late"):
+                    pass
+
+            redis.restart()
+            # Delivery comes back within the reconnect backoff (at most ~2 s): publish until
+            # the old subscription hears it.
+            with anyio.fail_after(10):
+                while True:
+                    try:
+                        await broadcast.publish(channel, "after")
+                    except BroadcastUnavailable:
+                        pass
+                    with anyio.move_on_after(0.2):
+                        assert (await subscription.receive()).data == "after"
+                        break
+            async with broadcast.subscribe(channel + "-late") as late:
+                await broadcast.publish(channel + "-late", "works")
+                assert (await receive(late)).data == "works"
+
+
+# --- in an app ---------------------------------------------------------------------------
+
+
+class FeedApp(App):
+    """A WebSocket feed and an HTTP publisher on ``broadcast``, owned by the lifespan."""
+
+    def __init__(self, broadcast: Broadcast) -> None:
+        super().__init__(lifespan=broadcast.lifespan, session_cookie_secure=False)
+        self.broadcast = broadcast
+
+    async def ws_feed(self, ws, topic):  # type: ignore[no-untyped-def]
+        await ws.accept()
+        async with self.broadcast.subscribe(topic) as messages:
+            await ws.send_text("subscribed")
+            async for message in messages:
+                await ws.send_text(message.data)
+
+    async def post(self, topic: str, text: str) -> str:
+        await self.broadcast.publish(topic, text)
+        return "sent"
+
+
+@asynccontextmanager
+async def feed_client(url: str, backend: str) -> AsyncIterator[object]:
+    url = url.replace("http://", "ws://", 1)
+    if backend == "trio":
+        import trio_websocket
+
+        async with trio_websocket.open_websocket_url(url, disconnect_timeout=2) as connection:
+            yield connection.get_message
+    else:
+        import websockets
+
+        async with websockets.connect(url) as connection:
+            yield connection.recv
+
+
+async def test_lifespan_owns_the_broadcast_and_websocket_clients_get_messages(
+    url: str, channel: str, anyio_backend: str
+) -> None:
+    broadcast = Broadcast(url)
+    app = FeedApp(broadcast)
+    async with running_server(app) as base, httpx.AsyncClient(base_url=base) as http:
+        assert app.state["broadcast"] is broadcast
+        async with (
+            feed_client(f"{base}/feed/{channel}", anyio_backend) as first,
+            feed_client(f"{base}/feed/{channel}", anyio_backend) as second,
+        ):
+            with anyio.fail_after(5):
+                assert await first() == "subscribed"  # type: ignore[operator]
+                assert await second() == "subscribed"  # type: ignore[operator]
+            response = await http.post("/post", data={"topic": channel, "text": "hi all"})
+            assert response.text == "sent"
+            with anyio.fail_after(5):
+                assert await first() == "hi all"  # type: ignore[operator]
+                assert await second() == "hi all"  # type: ignore[operator]
+    if url.startswith("redis"):  # shutdown closed the connections
+        assert broadcast._backend._client is None  # type: ignore[attr-defined]
+
+
+# --- arguments ---------------------------------------------------------------------------
+
+
+async def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(ValueError, match="unsupported broadcast URL"):
+        Broadcast("kafka://somewhere")
+    with pytest.raises(ValueError, match="queue_size"):
+        Broadcast(queue_size=0)
+    with pytest.raises(ValueError, match="overflow"):
+        Broadcast(overflow="block")  # type: ignore[arg-type]
+    broadcast = Broadcast()
+    with pytest.raises(TypeError, match="str"):
+        await broadcast.publish("x", b"bytes")  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="not running"):
+        await Broadcast("redis://127.0.0.1:1/0").publish("x", "y")
