@@ -55,6 +55,7 @@ from .types import Receive
 
 if TYPE_CHECKING:
     from .routing import PendingForm
+    from .websocket import WebSocket
 
 __all__ = [
     "SWEEP_INTERVAL",
@@ -227,6 +228,8 @@ class DisconnectSweeper:
     def __init__(self, interval: float = SWEEP_INTERVAL) -> None:
         self._interval = interval
         self._in_flight: set[ConnectionScope] = set()
+        self._websockets: set[WebSocket] = set()
+        self.stopping = False
         self._task_group: anyio.abc.TaskGroup | None = None
         self._wakeup: anyio.Event | None = None  # made in run(): apps are built outside loops
         self._idle = True
@@ -245,6 +248,24 @@ class DisconnectSweeper:
     def unregister(self, connection: ConnectionScope) -> None:
         self._in_flight.discard(connection)
 
+    def register_websocket(self, websocket: WebSocket) -> None:
+        """Watch an open WebSocket: a pump if its handler stops reading, 1001 at shutdown."""
+        self._websockets.add(websocket)
+        if self.stopping:
+            websocket._going_away_soon()
+        elif self._idle and self._wakeup is not None:
+            self._idle = False
+            self._wakeup.set()
+
+    def unregister_websocket(self, websocket: WebSocket) -> None:
+        self._websockets.discard(websocket)
+
+    def close_websockets(self) -> None:
+        """Graceful shutdown: every open WebSocket closes with 1001 (and later ones at once)."""
+        self.stopping = True
+        for websocket in self._websockets:
+            websocket._going_away_soon()
+
     def deadline_set(self, deadline: float) -> None:
         """A body deadline was set: sweep by then if the next sweep would come too late."""
         if deadline < self._next_wake and self._wakeup is not None:
@@ -257,6 +278,7 @@ class DisconnectSweeper:
         """Sweep until cancelled (by the app's lifespan task group at shutdown)."""
         self._wakeup = anyio.Event()
         self._idle = True
+        self.stopping = False
         try:
             async with anyio.create_task_group() as task_group:
                 self._task_group = task_group
@@ -269,7 +291,7 @@ class DisconnectSweeper:
     async def _sweep_forever(self, task_group: anyio.abc.TaskGroup, wakeup: anyio.Event) -> None:
         next_round = time.monotonic() + self._interval
         while True:
-            if not self._in_flight:
+            if not self._in_flight and not self._websockets:
                 self._idle = True
                 self._next_wake = math.inf
                 await wakeup.wait()
@@ -298,6 +320,8 @@ class DisconnectSweeper:
                 connection.cancel_scope.cancel()
 
     def _give_watchers(self, task_group: anyio.abc.TaskGroup) -> None:
+        for websocket in self._websockets:
+            websocket._sweep()
         for connection in self._in_flight:
             if connection.reading:
                 continue

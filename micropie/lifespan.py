@@ -115,6 +115,7 @@ class AppLifetime:
     def begin_shutdown(self) -> None:
         if self.stopping is not None:
             self.stopping.set()
+        self._app._sweeper.close_websockets()
 
     def _running_group(self) -> anyio.abc.TaskGroup:
         if self._task_group is None:

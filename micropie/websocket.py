@@ -47,7 +47,7 @@ from .sessions import (
 from .types import Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    pass
+    from .disconnect import DisconnectSweeper
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -161,9 +161,14 @@ class WebSocket:
         self._connect_pending = True  # serve_websocket reads websocket.connect itself
         self._closed_by_handler = False
         self._close_info: tuple[int, str] | None = None  # set when the client is gone
-        self._send_lock = anyio.Lock()
+        self._send_lock = anyio.Lock(fast_acquire=True)
         self._inbox: MemoryObjectReceiveStream[Message] | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
+        self._handler_scope: anyio.CancelScope | None = None
+        self._max_message_size: int | None = None
+        self._reading = False  # the handler is waiting in receive() itself
+        self._reads = 0  # messages the handler has read, for the sweeper (see _sweep)
+        self._reads_at_last_sweep = -1
 
     # --- state ---------------------------------------------------------------------------
 
@@ -235,27 +240,56 @@ class WebSocket:
     # --- receiving -------------------------------------------------------------------------
 
     async def _next_message(self) -> Message:
-        """The next ``websocket.receive`` message, or ``ConnectionClosed``."""
+        """The next ``websocket.receive`` message, or ``ConnectionClosed``.
+
+        While no pump runs, the handler reads ``receive()`` itself: no task hop per message.
+        """
         if self._state is _State.CONNECTING and self._close_info is None:
             raise RuntimeError(_NOT_ACCEPTED)
-        if self._inbox is None:
-            return await self._receive_directly()
-        try:
-            return await self._inbox.receive()
-        except (anyio.EndOfStream, anyio.ClosedResourceError):
-            raise self._connection_closed() from None
-
-    async def _receive_directly(self) -> Message:
-        """``_next_message`` for a ``WebSocket`` built by hand: no pump, no limits."""
-        if self._close_info is not None:
-            raise self._connection_closed()
-        message = await self._receive()
-        if message["type"] == "websocket.receive":
+        if self._inbox is not None:
+            try:
+                message = await self._inbox.receive()
+            except (anyio.EndOfStream, anyio.ClosedResourceError):
+                raise self._connection_closed() from None
+            self._reads += 1
             return message
-        if message["type"] == "websocket.disconnect":
+        while True:
+            if self._close_info is not None:
+                raise self._connection_closed()
+            self._reading = True
+            try:
+                message = await self._receive_or_disconnect()
+            finally:
+                self._reading = False
+            if await self._accepted_message(message):
+                self._reads += 1
+                return message
+
+    async def _receive_or_disconnect(self) -> Message:
+        try:
+            return await self._receive()
+        except Exception:
+            logger.debug("WebSocket receive() failed; treating it as a disconnect", exc_info=True)
+            return {"type": "websocket.disconnect", "code": 1006}
+
+    async def _accepted_message(self, message: Message) -> bool:
+        """Whether ``message`` is one for the handler; notes disconnects and oversized ones."""
+        kind = message.get("type")
+        if kind == "websocket.receive":
+            if not _too_big(message, self._max_message_size):
+                return True
+            await self._refuse_oversized()
+            self._end_soon()
+        elif kind == "websocket.disconnect":
             self._client_left(message.get("code", 1005), message.get("reason") or "")
-            raise self._connection_closed()
-        raise ValueError(f"Unexpected message type: {message['type']}")
+            self._end_soon()
+        return False
+
+    def _end_soon(self) -> None:
+        """The connection is over: the handler gets ``DISCONNECT_GRACE`` to notice and finish
+        (a handler blocked elsewhere, or one that ignores ``ConnectionClosed``, is cancelled)."""
+        if self._task_group is not None and not self._closed_by_handler:
+            self._task_group.start_soon(self._cancel_handler_after_grace)
 
     async def receive(self) -> str | bytes:
         """The next message: ``str`` for a text frame, ``bytes`` for a binary one.
@@ -390,24 +424,25 @@ class WebSocket:
         self,
         call: Callable[[], Any],
         max_message_size: int | None,
-        server_stopping: anyio.Event | None = None,
+        sweeper: DisconnectSweeper | None = None,
     ) -> None:
-        """Run the handler ``call`` with the pump beside it; return when both are done.
+        """Run the handler ``call`` in the connection's task group; return when it is done.
 
-        When ``server_stopping`` is set (the server began its graceful shutdown), the connection
-        is closed with 1001 at once and the handler is cancelled ``DISCONNECT_GRACE`` later.
-        Raises what the handler (or a ``start_soon`` task) raised, unwrapped when it is alone.
+        With a running ``sweeper`` the handler reads ``receive()`` itself and the sweeper starts
+        a pump only if the handler stops reading (see ``_sweep``); without one the pump starts
+        at once. Raises what the handler (or a ``start_soon`` task) raised, unwrapped when alone.
         """
-        inbox_send, inbox = anyio.create_memory_object_stream[Message](INBOX_SIZE)
-        self._inbox = inbox
-        handler_scope = anyio.CancelScope()
+        self._max_message_size = max_message_size
+        self._handler_scope = handler_scope = anyio.CancelScope()
+        registered = sweeper is not None and sweeper.running
         try:
-            with inbox, collapse_excgroups():
+            with collapse_excgroups():
                 async with anyio.create_task_group() as task_group:
                     self._task_group = task_group
-                    task_group.start_soon(self._pump, inbox_send, handler_scope, max_message_size)
-                    if server_stopping is not None:
-                        task_group.start_soon(self._leave_on, server_stopping, handler_scope)
+                    if registered:
+                        sweeper.register_websocket(self)  # type: ignore[union-attr]
+                    else:
+                        self._start_pump()
                     try:
                         with handler_scope:
                             result = call()
@@ -417,37 +452,51 @@ class WebSocket:
                         task_group.cancel_scope.cancel()
         finally:
             self._task_group = None
+            if self._inbox is not None:
+                self._inbox.close()
+            if registered:
+                sweeper.unregister_websocket(self)  # type: ignore[union-attr]
 
-    async def _pump(
-        self,
-        inbox: MemoryObjectSendStream[Message],
-        handler_scope: anyio.CancelScope,
-        max_message_size: int | None,
-    ) -> None:
-        """Own ``receive()``: feed messages to the handler, notice the client leaving."""
+    def _sweep(self) -> None:
+        """Called by the sweeper every interval: start a pump for a handler that stopped reading.
+
+        A handler that has read nothing since the last sweep and is not waiting in ``receive()``
+        now (a push-only loop, a long computation) would not notice the client leaving; the pump
+        reads for it from then on. A handler that keeps reading never pays for a pump.
+        """
+        if self._inbox is not None or self._task_group is None or self._reading:
+            return
+        if self._reads == self._reads_at_last_sweep:
+            self._start_pump()
+        self._reads_at_last_sweep = self._reads
+
+    def _start_pump(self) -> None:
+        assert self._task_group is not None
+        inbox_send, self._inbox = anyio.create_memory_object_stream[Message](INBOX_SIZE)
+        self._task_group.start_soon(self._pump, inbox_send)
+
+    def _going_away_soon(self) -> None:
+        """Graceful server shutdown: close with 1001 now, cancel the handler after a grace."""
+        if self._task_group is not None:
+            self._task_group.start_soon(self._leave)
+
+    async def _leave(self) -> None:
+        await self._going_away()
+        self._end_soon()
+
+    async def _cancel_handler_after_grace(self) -> None:
+        await anyio.sleep(DISCONNECT_GRACE)
+        if self._handler_scope is not None:
+            self._handler_scope.cancel()
+
+    async def _pump(self, inbox: MemoryObjectSendStream[Message]) -> None:
+        """Own ``receive()`` for a handler that does not read: feed its inbox, notice the
+        client leaving, and cancel the handler ``DISCONNECT_GRACE`` after that."""
         with inbox:
-            while True:
-                try:
-                    message = await self._receive()
-                except Exception:
-                    logger.debug(
-                        "WebSocket receive() failed; treating it as a disconnect", exc_info=True
-                    )
-                    message = {"type": "websocket.disconnect", "code": 1006}
-                kind = message.get("type")
-                if kind == "websocket.disconnect":
-                    self._client_left(message.get("code", 1005), message.get("reason") or "")
-                    break
-                if kind != "websocket.receive":
-                    continue
-                if _too_big(message, max_message_size):
-                    if await self._refuse_oversized():
-                        break
-                    continue
-                await inbox.send(message)
-        if not self._closed_by_handler:
-            await anyio.sleep(DISCONNECT_GRACE)
-            handler_scope.cancel()
+            while self._close_info is None:
+                message = await self._receive_or_disconnect()
+                if await self._accepted_message(message):
+                    await inbox.send(message)
 
     async def _refuse_oversized(self) -> bool:
         """Close with 1009 if the connection is open; return whether it was."""
@@ -467,15 +516,6 @@ class WebSocket:
             return
         code, reason = INTERNAL_ERROR if failed else (1000, "")
         await self._close_quietly(code, reason)
-
-    async def _leave_on(
-        self, server_stopping: anyio.Event, handler_scope: anyio.CancelScope
-    ) -> None:
-        """Graceful server shutdown: say 1001 now, give the handler a grace period to finish."""
-        await server_stopping.wait()
-        await self._going_away()
-        await anyio.sleep(DISCONNECT_GRACE)
-        handler_scope.cancel()
 
     async def _going_away(self) -> None:
         """Server shutdown: close with 1001, shielded and bounded, whatever the state."""

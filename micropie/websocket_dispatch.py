@@ -104,7 +104,7 @@ async def _run_connection(
     max_size = getattr(app, "ws_max_message_size", DEFAULT_MAX_MESSAGE_SIZE)
     failed = False
     try:
-        await ws._serve(call, max_size, app._lifetime.stopping)
+        await ws._serve(call, max_size, app._sweeper)
     except Exception as error:
         if not only_connection_closed(error):
             failed = True
