@@ -19,7 +19,7 @@ import anyio.abc
 
 from . import bodies, redirects, routing, templates
 from .disconnect import Connection, ConnectionScope, DisconnectSweeper
-from .errors import ClientDisconnected, HTTPError
+from .errors import ClientDisconnected, HTTPError, MultipartFileError
 from .lifespan import AppLifetime
 from .middleware import HttpMiddleware, WebSocketMiddleware
 from .multipart import open_multipart
@@ -262,13 +262,14 @@ class App:
         handler, plan = self._route(request)
         if form is not None:
             await routing.wait_for_form_fields(plan, request, form)
+            form.check()  # an upload that already failed never reaches the handler
         args, kwargs = routing.bind_http(plan, request)
         try:
             result = handler(*args, **kwargs)
             if plan.is_coroutine or inspect.isawaitable(result):
                 result = await result
-        except HTTPError:
-            raise
+        except (HTTPError, MultipartFileError):
+            raise  # the upload's own answer (413, 400, 408) or a client that left
         except Exception:
             logger.exception("Unhandled exception in HTTP handler for %s", request.path)
             raise _Answered(error_response(500, "500 Internal Server Error")) from None

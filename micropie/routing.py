@@ -291,6 +291,9 @@ class PendingForm(Protocol):
     async def complete(self) -> None:
         """Wait until the whole form has arrived (raises ``HTTPError`` if it cannot)."""
 
+    def check(self) -> None:
+        """Raise the form's ``HTTPError`` now if the upload has already failed."""
+
 
 async def wait_for_form_fields(plan: HandlerPlan, request: Any, form: PendingForm) -> None:
     """Wait, without polling, until every parameter ``bind_http`` will look for has arrived.

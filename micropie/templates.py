@@ -1,15 +1,25 @@
 """Jinja2 templates, rendered asynchronously on either backend.
 
-Templates load from a folder (``templates/`` by default, relative to the working directory at
-start-up, as in MicroPie) through Jinja's ``FileSystemLoader``, which refuses names that climb
-out of the folder (``../``), so a template name taken from user input cannot read other files.
-Loading and compiling happen in a worker thread; rendering uses Jinja's async mode. Without
-jinja2 installed, rendering logs an error and returns MicroPie's fallback text.
+Templates load from a folder (``templates/`` by default). The folder is resolved against the
+working directory once, when the app is created (so a later ``chdir`` does not move it), and
+read through Jinja's ``FileSystemLoader``, which refuses names that climb out of the folder
+(``../x``; an absolute name is looked up *inside* the folder). So a template name taken from user
+input can only ever pick a file in the folder: anything else is ``TemplateNotFound``, which the
+handler sees as an ordinary exception (a logged 500).
+
+Loading and compiling touch the disk, so they run in a worker thread; rendering uses Jinja's
+async mode on the event loop (it works under asyncio and trio alike). Autoescaping is on for
+``.html``, ``.htm`` and ``.xml`` templates. Users may replace ``app.env`` with their own
+environment; one created without ``enable_async`` is rendered in a worker thread instead.
+
+Without jinja2 installed, rendering logs an error and returns MicroPie's fallback text (the
+response status stays 200, as in MicroPie).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import anyio.to_thread
@@ -29,21 +39,31 @@ logger = logging.getLogger("micropie")
 _NOT_INSTALLED = "500 Internal Server Error: Jinja2 not installed."
 
 
-def create_environment(folder: str) -> Any:
-    """A Jinja2 environment for ``folder`` with html/xml autoescaping, or ``None``."""
+def create_environment(folder: str | os.PathLike[str]) -> Any:
+    """A Jinja2 environment for ``folder`` (async, html/xml autoescaped), or ``None``.
+
+    ``None`` when jinja2 is not installed; rendering then answers the fallback text.
+    """
     if not JINJA_INSTALLED:
         return None
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(folder),
-        autoescape=jinja2.select_autoescape(["html", "xml"]),
+        loader=jinja2.FileSystemLoader(os.path.abspath(folder)),
+        autoescape=jinja2.select_autoescape(["html", "htm", "xml"]),
         enable_async=True,
     )
 
 
 async def render(environment: Any, name: str, context: dict[str, Any]) -> str:
-    """Render template ``name`` with ``context``; MicroPie's fallback text without jinja2."""
+    """Render template ``name`` with ``context``.
+
+    Raises what Jinja raises (``TemplateNotFound`` for a name outside the folder, syntax and
+    undefined-variable errors). Without jinja2: logs an error and returns
+    ``"500 Internal Server Error: Jinja2 not installed."``.
+    """
     if not JINJA_INSTALLED or environment is None:
         logger.error("Template rendering requires the 'jinja2' package")
         return _NOT_INSTALLED
     template = await anyio.to_thread.run_sync(environment.get_template, name)
-    return str(await template.render_async(**context))
+    if environment.is_async:
+        return str(await template.render_async(**context))
+    return str(await anyio.to_thread.run_sync(lambda: template.render(**context)))

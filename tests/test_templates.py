@@ -1,0 +1,157 @@
+"""Jinja2 templates (SPEC A2 ``_render_template``): async on both backends, autoescaped, and a
+template name from the URL can never read a file outside the template folder."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pytest
+from asgi import attach, http_scope, run_app
+
+import micropie.templates
+from micropie import App, InMemorySessionBackend
+
+pytestmark = pytest.mark.anyio
+
+SECRET = "TOP-SECRET-CONTENT"
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    """A template folder next to a secret file that must never be served."""
+    folder = tmp_path / "templates"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "page.html").write_text("<p>{{ text }}</p>")
+    (folder / "feed.xml").write_text("<t>{{ text }}</t>")
+    (folder / "note.txt").write_text("{{ text }}")
+    (folder / "sub" / "inner.html").write_text("{% for i in items %}[{{ i }}]{% endfor %}")
+    (tmp_path / "secret.html").write_text(SECRET)
+    return folder
+
+
+def site_app(folder: Path, **settings: Any) -> App:
+    app = App(session_backend=InMemorySessionBackend(), template_dir=str(folder), **settings)
+
+    @attach(app)
+    async def show(self: App, name: str, text: str = "<b>&</b>") -> str:
+        return await self._render_template(name, text=text, items=[1, 2])
+
+    return app
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("page.html", b"<p>&lt;b&gt;&amp;&lt;/b&gt;</p>"),
+        ("feed.xml", b"<t>&lt;b&gt;&amp;&lt;/b&gt;</t>"),
+        ("note.txt", b"<b>&</b>"),
+        ("sub/inner.html", b"[1][2]"),
+    ],
+)
+async def test_templates_render_with_html_and_xml_autoescaped(
+    site: Path, name: str, expected: bytes
+) -> None:
+    app = site_app(site)
+    conn = await run_app(app, http_scope("/show", query_string=b"name=" + name.encode()))
+    assert (conn.status, conn.body) == (200, expected)
+
+
+async def test_the_folder_is_fixed_when_the_app_is_created(
+    site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(site.parent)
+    app = site_app(Path("templates"))
+    monkeypatch.chdir(site / "sub")
+    conn = await run_app(app, http_scope("/show", query_string=b"name=page.html&text=x"))
+    assert conn.body == b"<p>x</p>"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../secret.html",
+        "sub/../../secret.html",
+        "./../secret.html",
+        "sub/../../../" + "secret.html",
+        "ABSOLUTE",
+        "%2e%2e/secret.html",
+        "..\\secret.html",
+        "page.html\x00../../secret.html",
+    ],
+)
+async def test_a_template_name_from_the_url_never_escapes_the_folder(
+    site: Path, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    if name == "ABSOLUTE":
+        name = str(site.parent / "secret.html")
+    app = site_app(site)
+    # through the query string and through a path segment
+    conn = await run_app(app, http_scope("/show", query_string=f"name={name}".encode()))
+    assert (conn.status, conn.body) == (500, b"500 Internal Server Error")
+    if "\x00" not in name and not name.startswith("/"):
+        conn = await run_app(app, http_scope("/show/" + name))
+        assert conn.status in (404, 500)
+        assert SECRET.encode() not in conn.body
+    assert all(SECRET not in record.getMessage() for record in caplog.records)
+
+
+async def test_missing_jinja_answers_the_fallback_text(
+    site: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(micropie.templates, "JINJA_INSTALLED", False)
+    app = site_app(site)
+    conn = await run_app(app, http_scope("/show", query_string=b"name=page.html"))
+    assert (conn.status, conn.body) == (200, b"500 Internal Server Error: Jinja2 not installed.")
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.ERROR, "Template rendering requires the 'jinja2' package")
+    ]
+
+
+async def test_without_jinja_the_app_has_no_environment(
+    site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(micropie.templates, "JINJA_INSTALLED", False)
+    app = site_app(site)
+    assert app.env is None
+    assert await micropie.templates.render(None, "page.html", {}) == (
+        "500 Internal Server Error: Jinja2 not installed."
+    )
+
+
+async def test_a_replaced_synchronous_environment_still_renders(site: Path) -> None:
+    """Users may set ``app.env``; one without ``enable_async`` renders in a worker thread."""
+    app = site_app(site)
+    app.env = jinja2.Environment(
+        loader=jinja2.DictLoader({"x.html": "{{ text|upper }}"}), autoescape=True
+    )
+    conn = await run_app(app, http_scope("/show", query_string=b"name=x.html&text=a<"))
+    assert conn.body == b"A&lt;"
+
+
+async def test_async_template_features_work_on_both_backends(site: Path) -> None:
+    (site / "async.html").write_text("{% for x in numbers() %}{{ x }}{% endfor %}")
+
+    async def numbers() -> Any:
+        for n in range(3):
+            yield n
+
+    app = site_app(site)
+
+    @attach(app)
+    async def gen(self: App) -> str:
+        return await self._render_template("async.html", numbers=numbers)
+
+    conn = await run_app(app, http_scope("/gen"))
+    assert conn.body == b"012"
+
+
+def test_default_folder_is_templates_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    app = App()
+    assert app.env.loader.searchpath == [os.path.join(str(tmp_path), "templates")]
