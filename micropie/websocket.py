@@ -258,32 +258,27 @@ class WebSocket:
                 raise self._connection_closed()
             self._reading = True
             try:
-                message = await self._receive_or_disconnect()
+                message = await self._receive()
+            except Exception:
+                message = _receive_failed()
             finally:
                 self._reading = False
-            if await self._accepted_message(message):
+            if message.get("type") == "websocket.receive" and not _too_big(
+                message, self._max_message_size
+            ):
                 self._reads += 1
                 return message
+            await self._reject(message)
 
-    async def _receive_or_disconnect(self) -> Message:
-        try:
-            return await self._receive()
-        except Exception:
-            logger.debug("WebSocket receive() failed; treating it as a disconnect", exc_info=True)
-            return {"type": "websocket.disconnect", "code": 1006}
-
-    async def _accepted_message(self, message: Message) -> bool:
-        """Whether ``message`` is one for the handler; notes disconnects and oversized ones."""
+    async def _reject(self, message: Message) -> None:
+        """A message that is not for the handler: a disconnect, one too big, or another type."""
         kind = message.get("type")
         if kind == "websocket.receive":
-            if not _too_big(message, self._max_message_size):
-                return True
             await self._refuse_oversized()
             self._end_soon()
         elif kind == "websocket.disconnect":
             self._client_left(message.get("code", 1005), message.get("reason") or "")
             self._end_soon()
-        return False
 
     def _end_soon(self) -> None:
         """The connection is over: the handler gets ``DISCONNECT_GRACE`` to notice and finish
@@ -350,7 +345,11 @@ class WebSocket:
                 if self._close_info is not None and not self._closed_by_handler:
                     raise self._connection_closed()
                 raise RuntimeError(_NOT_ACCEPTED)
-            await self._send_or_closed(message)
+            try:
+                await self._send(message)
+            except OSError as exc:  # ASGI 2.4 servers: the peer is gone
+                self._client_left(1006, "")
+                raise self._connection_closed() from exc
 
     async def send_text(self, data: str) -> None:
         """Send a text message. ``RuntimeError`` before accept or after ``close()``;
@@ -494,9 +493,16 @@ class WebSocket:
         client leaving, and cancel the handler ``DISCONNECT_GRACE`` after that."""
         with inbox:
             while self._close_info is None:
-                message = await self._receive_or_disconnect()
-                if await self._accepted_message(message):
+                try:
+                    message = await self._receive()
+                except Exception:
+                    message = _receive_failed()
+                if message.get("type") == "websocket.receive" and not _too_big(
+                    message, self._max_message_size
+                ):
                     await inbox.send(message)
+                else:
+                    await self._reject(message)
 
     async def _refuse_oversized(self) -> bool:
         """Close with 1009 if the connection is open; return whether it was."""
@@ -530,6 +536,12 @@ class WebSocket:
             await self._send(close_message(code, reason))
         except Exception:
             logger.debug("Could not send WebSocket close %s", code, exc_info=True)
+
+
+def _receive_failed() -> Message:
+    """A ``receive()`` that raised (a server in trouble) is treated as the client leaving."""
+    logger.debug("WebSocket receive() failed; treating it as a disconnect", exc_info=True)
+    return {"type": "websocket.disconnect", "code": 1006}
 
 
 def _too_big(message: Message, limit: int | None) -> bool:
