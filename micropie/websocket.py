@@ -5,11 +5,14 @@ Theory of operation
 ``websocket_dispatch.serve_websocket`` does the handshake, routing and sessions; then the
 connection runs here (``WebSocket._serve``), in one task group:
 
-* One *pump* task owns ``receive()``. It puts each ``websocket.receive`` into a small bounded
-  memory stream (``INBOX_SIZE``): a handler that does not read stops the pump, the server's own
-  queue fills, and the server stops reading the socket (backpressure, with the consequence that
-  a client leaving is only noticed once the handler reads again). A message over the app's
-  ``ws_max_message_size`` is answered with close 1009.
+* The handler reads ``receive()`` itself while it waits in ``receive_*()``: no task hop per
+  message, which is what an echo or chat handler does all day. The app's disconnect sweeper
+  checks every connection each interval; a handler that has read nothing since the last sweep
+  and is not waiting in ``receive()`` now (a push-only loop, a long computation) gets a *pump*
+  task that reads for it from then on, into a small bounded memory stream (``INBOX_SIZE``): a
+  handler that does not read stops the pump, the server's own queue fills, and the server stops
+  reading the socket (backpressure). Without a sweeper (no lifespan) the pump starts at once.
+  A message over the app's ``ws_max_message_size`` is answered with close 1009.
 * On ``websocket.disconnect`` the pump closes the stream: every pending and later ``receive_*``
   raises ``ConnectionClosed`` (after the messages that arrived before it), every send raises it
   at once, and ``DISCONNECT_GRACE`` seconds later the handler is cancelled if it is still
@@ -17,8 +20,10 @@ connection runs here (``WebSocket._serve``), in one task group:
   connection itself is trusted to finish on its own.
 * Tasks started with ``ws.start_soon`` live in the same task group, so they end with the
   handler.
-* Server shutdown (a cancellation from outside) closes an open connection with 1001 from a
-  shielded, time-bounded scope, then propagates.
+* Graceful shutdown (``App.begin_shutdown``, called by ``app.serve()`` and the CLI) closes
+  every open connection with 1001 at once and cancels its handler ``DISCONNECT_GRACE`` later;
+  a cancellation from outside (plain hypercorn, when its graceful timeout ends) closes it with
+  1001 from a shielded, time-bounded scope, then propagates.
 
 Limits of what a framework can do on hypercorn: the app is told 1006 for every client close;
 on the trio worker a ``send()`` to a client that stopped reading sits in a shielded scope and
