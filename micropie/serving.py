@@ -192,6 +192,10 @@ async def _serve_until_stopped(
             task_group.cancel_scope.cancel()  # the trigger; hypercorn's task is shielded
     if failure is not None:
         raise failure
+    if watcher.shutdown_failure is not None:
+        from hypercorn.utils import LifespanFailureError
+
+        raise LifespanFailureError("shutdown", watcher.shutdown_failure)
 
 
 def _unwrap(error: Exception) -> Exception:
@@ -244,6 +248,9 @@ class _StartupWatcher:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self.ready = anyio.Event()
+        #: The message of a ``lifespan.shutdown.failed``: hypercorn's asyncio worker raises for
+        #: it and its trio worker does not, so ``serve`` raises it itself, alike on both.
+        self.shutdown_failure: str | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan":
@@ -262,6 +269,8 @@ class _StartupWatcher:
         async def watch_send(message: Message) -> None:
             nonlocal startup_failed
             startup_failed = startup_failed or message["type"] == "lifespan.startup.failed"
+            if message["type"] == "lifespan.shutdown.failed":
+                self.shutdown_failure = str(message.get("message", ""))
             await send(message)
             if message["type"] == "lifespan.startup.complete":
                 self.ready.set()

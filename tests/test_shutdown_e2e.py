@@ -71,3 +71,15 @@ async def test_sigterm_ends_an_event_stream_cleanly(anyio_backend: str) -> None:
                         )
                         received = [chunk async for chunk in chunks]  # ends cleanly
     assert all(chunk.startswith(b"data: tick") for chunk in received if chunk)
+
+
+async def test_a_failing_shutdown_handler_still_lets_the_process_exit(anyio_backend: str) -> None:
+    """The failure is logged and reported by the exit status (alike on both workers)."""
+    with CliServer.start("tests.apps.failing_shutdown_app:app", backend=anyio_backend) as server:
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            assert (await client.get("/")).text == "up"
+        with anyio.fail_after(GRACE + 2):
+            status = await anyio.to_thread.run_sync(server.stop, signal.SIGTERM)
+    assert status == 1
+    assert "Application shutdown failed" in server.output
+    assert "flush to disk failed" in server.output
