@@ -99,8 +99,9 @@ def test_a_message_crosses_workers_through_redis(
                 pytest.fail(f"never reached a second worker; output:\n{server.output}")
 
 
-def test_one_process_on_the_memory_backend() -> None:
-    with chat_server() as server:
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_one_process_on_the_memory_backend(backend: str) -> None:
+    with chat_server(backend=backend) as server:
         cookie = nick_cookie(server.url, "carol")
         with (
             chat_client(server.url, "solo", cookie) as (first, welcome),
