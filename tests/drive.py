@@ -6,7 +6,8 @@ over time (disconnects, deadlines, shutdown), where the client's timing is what 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -69,3 +70,18 @@ async def lifespan(
         yield
         await to_app_send.send({"type": "lifespan.shutdown"})
         assert (await from_app.receive())["type"] == "lifespan.shutdown.complete"
+
+
+def bounded(test: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """Fail the test after 10 s rather than hang it, whatever regresses."""
+
+    @functools.wraps(test)
+    async def bounded_test(*args: Any, **kwargs: Any) -> None:
+        with anyio.fail_after(10):
+            await test(*args, **kwargs)
+
+    return bounded_test
+
+
+class Boom(Exception):
+    pass

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 import httpx
 import pytest
+from drive import Boom, bounded
 
 from micropie.testing import (
     AppOutlivedClientError,
@@ -23,21 +23,6 @@ from micropie.testing import (
 )
 
 pytestmark = pytest.mark.anyio
-
-
-def bounded(test: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
-    """Fail the test after 10 s rather than hang it, whatever regresses."""
-
-    @functools.wraps(test)
-    async def bounded_test(*args: Any, **kwargs: Any) -> None:
-        with anyio.fail_after(10):
-            await test(*args, **kwargs)
-
-    return bounded_test
-
-
-class Boom(Exception):
-    pass
 
 
 async def read_body(receive: Receive) -> tuple[bytes, list[Message]]:

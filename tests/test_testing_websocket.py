@@ -8,12 +8,11 @@ reported) once its client has left.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 import pytest
+from drive import Boom, bounded
 
 from micropie import App, ConnectionClosed, WebSocket, WebSocketMiddleware
 from micropie.request import Request
@@ -28,21 +27,6 @@ from micropie.testing import (
 from micropie.types import Message, Receive, Scope, Send
 
 pytestmark = pytest.mark.anyio
-
-
-def bounded(test: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
-    """Fail the test after 10 s rather than hang it, whatever regresses."""
-
-    @functools.wraps(test)
-    async def bounded_test(*args: Any, **kwargs: Any) -> None:
-        with anyio.fail_after(10):
-            await test(*args, **kwargs)
-
-    return bounded_test
-
-
-class Boom(Exception):
-    pass
 
 
 # --- micropie apps --------------------------------------------------------------------------
