@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from . import json_codec
@@ -174,6 +175,7 @@ class WebSocket:
         self._reading = False  # the handler is waiting in receive() itself
         self._reads = 0  # messages the handler has read, for the sweeper (see _sweep)
         self._reads_at_last_sweep = -1
+        self._sends_since_read = 0  # see _send_frame
 
     # --- state ---------------------------------------------------------------------------
 
@@ -257,6 +259,7 @@ class WebSocket:
             except (anyio.EndOfStream, anyio.ClosedResourceError):
                 raise self._connection_closed() from None
             self._reads += 1
+            self._sends_since_read = 0
             return message
         while True:
             if self._close_info is not None:
@@ -272,6 +275,7 @@ class WebSocket:
                 message, self._max_message_size
             ):
                 self._reads += 1
+                self._sends_since_read = 0
                 return message
             await self._reject(message)
 
@@ -345,6 +349,13 @@ class WebSocket:
             raise self._connection_closed() from exc
 
     async def _send_frame(self, message: Message) -> None:
+        if self._sends_since_read:
+            # A server's send() need not yield: hypercorn drops sends to a client that left
+            # without a checkpoint. A handler that only sends would spin, starve the event loop
+            # and never learn that the client left, so a send that follows a send yields first
+            # (the pump or the server can then report the disconnect). Handlers that read
+            # between sends (echo, chat) pay nothing: their reads yield.
+            await anyio.lowlevel.checkpoint()
         async with self._send_lock:
             if self._state is not _State.OPEN:
                 if self._close_info is not None and not self._closed_by_handler:
@@ -355,6 +366,7 @@ class WebSocket:
             except OSError as exc:  # ASGI 2.4 servers: the peer is gone
                 self._client_left(1006, "")
                 raise self._connection_closed() from exc
+        self._sends_since_read += 1
 
     async def send_text(self, data: str) -> None:
         """Send a text message. ``RuntimeError`` before accept or after ``close()``;
