@@ -218,11 +218,16 @@ def _stopper(app: ASGIApp, stop: anyio.Event) -> Callable[[], None]:
     WebSockets with 1001 and ends its streams), then let hypercorn stop accepting and wait."""
 
     def begin() -> None:
-        if not stop.is_set():
+        if stop.is_set():
+            return
+        try:
             begin_shutdown = getattr(app, "begin_shutdown", None)
             if callable(begin_shutdown):
                 begin_shutdown()
-            stop.set()
+        except Exception:
+            logger.exception("The app failed to begin its shutdown")
+        finally:
+            stop.set()  # whatever the app did, hypercorn must stop
 
     return begin
 

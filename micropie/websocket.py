@@ -465,6 +465,9 @@ class WebSocket:
                             if inspect.isawaitable(result):
                                 await result
                     finally:
+                        # The handler is done: nothing may start in the closing task group
+                        # any more (a shutdown notice arriving now would find it closed).
+                        self._task_group = None
                         task_group.cancel_scope.cancel()
         finally:
             self._task_group = None

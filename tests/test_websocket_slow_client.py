@@ -42,9 +42,6 @@ STALLED_FOR = 0.5
 
 #: Completed sends after which the flood handler stops by itself (see ``FloodApp``).
 RUNAWAY_SENDS = 2 * MAX_SENDS_WHILE_STALLED
-#: On hypercorn's trio worker these tests hang in shielded code after the client resets the
-#: connection (the trio run goes idle past every deadline); not found yet, see the closing note.
-TRIO_FLOOD_HANGS = "flood tests hang the trio worker in a shielded scope (under investigation)"
 
 
 #: Why the flood tests do not run on trio (yet). Seen in about one run in five: the trio run
@@ -141,8 +138,6 @@ async def wait_until_sends_stall(app: FloodApp) -> None:
 async def test_sends_to_a_client_that_never_reads_block_with_bounded_memory(
     anyio_backend: str,
 ) -> None:
-    if anyio_backend == "trio":
-        pytest.skip(TRIO_FLOOD_HANGS)
     app = FloodApp()
     tracing_already = tracemalloc.is_tracing()
     if not tracing_already:
@@ -186,8 +181,6 @@ async def test_a_flooding_handler_ends_soon_after_the_client_drops_the_connectio
     # hypercorn's shielded ``send_all`` cannot be cancelled, but fails as soon as the peer
     # resets the connection. A few sends may still "complete" (dropped by the server) while
     # the reset travels through the server; a spinning loop would reach the runaway guard.
-    if anyio_backend == "trio":
-        pytest.skip(TRIO_FLOOD_HANGS)
     app = FloodApp()
     with anyio.fail_after(8):  # the whole test, server shutdown included
         closed_at, sent_while_stalled = await flood_then_drop(app)
