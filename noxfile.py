@@ -79,5 +79,6 @@ def serve(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks (in-process and over the wire); not part of CI."""
     session.install("-e", ".[bench]")
-    session.run("python", "benchmarks/inprocess.py", *session.posargs)
-    session.run("python", "benchmarks/wire.py", *session.posargs)
+    for script in ("inprocess", "wire", "websocket", "uploads"):
+        session.run("python", f"benchmarks/{script}.py", *session.posargs)
+    # benchmarks/fanout.py needs redis-server; run it by hand (see docs/broadcast.md).
