@@ -173,6 +173,17 @@ class _AppCall:
         self._app, self._scope, self._receive, self._send = app, scope, receive, send
         self._on_finish = on_finish
         self._cancel_scope = anyio.CancelScope()
+        self._error_reported = False
+
+    def report_error(self, *, raise_it: bool) -> None:
+        """Re-raise the app's exception (once), or log it when the client shows 500s instead."""
+        error = self.error
+        if error is None or self._error_reported:
+            return
+        self._error_reported = True
+        if raise_it:
+            raise error
+        logger.error("%s raised", self.description, exc_info=error)
 
     async def run(self) -> None:
         with self._cancel_scope:
@@ -237,7 +248,6 @@ class _HTTPExchange:
         self._body_send, self._body_receive = anyio.create_memory_object_stream[bytes](
             RESPONSE_BUFFER_CHUNKS
         )
-        self._error_reported = False
         self.call = _AppCall(
             transport.app,
             scope,
@@ -340,14 +350,7 @@ class _HTTPExchange:
         self.report_app_error()
 
     def report_app_error(self) -> None:
-        """Re-raise the app's exception (once), or log it when the client shows 500s instead."""
-        error = self.call.error
-        if error is None or self._error_reported:
-            return
-        self._error_reported = True
-        if self._raise_app_exceptions:
-            raise error
-        logger.error("%s raised", self.call.description, exc_info=error)
+        self.call.report_error(raise_it=self._raise_app_exceptions)
 
 
 class _ResponseStream(httpx.AsyncByteStream):
@@ -713,7 +716,6 @@ class WebSocketSession:
         self._app_close: tuple[int, str] | None = None  # the app sent websocket.close
         self._client_left = False
         self._closed = False  # close() has run
-        self._error_reported = False
         self.call = _AppCall(
             transport.app,
             scope,
@@ -900,14 +902,7 @@ class WebSocketSession:
         self.report_app_error()
 
     def report_app_error(self) -> None:
-        """Re-raise the app's exception (once), or log it when the client is told not to."""
-        error = self.call.error
-        if error is None or self._error_reported:
-            return
-        self._error_reported = True
-        if self._raise_app_exceptions:
-            raise error
-        logger.error("%s raised", self.call.description, exc_info=error)
+        self.call.report_error(raise_it=self._raise_app_exceptions)
 
 
 def _checked_frame(message: Message) -> Message:
