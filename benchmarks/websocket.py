@@ -42,6 +42,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from wire import process_cpu_ns  # this folder is on sys.path when run as a script
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 WORKERS = ("asyncio", "trio")
@@ -174,13 +176,7 @@ class Server:
 
     def cpu_ns(self) -> int:
         """On-CPU nanoseconds of all the server's threads so far."""
-        total = 0
-        for schedstat in Path(f"/proc/{self.process.pid}/task").glob("*/schedstat"):
-            try:
-                total += int(schedstat.read_text().split()[0])
-            except (OSError, ValueError, IndexError):
-                continue
-        return total
+        return process_cpu_ns(self.process.pid)
 
     def stop(self) -> None:
         if self.process.poll() is None:
