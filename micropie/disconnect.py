@@ -239,6 +239,13 @@ class DisconnectSweeper:
     def running(self) -> bool:
         return self._task_group is not None
 
+    @property
+    def task_group(self) -> anyio.abc.TaskGroup | None:
+        """The sweeper's task group while it runs: it also hosts WebSocket connections' tasks
+        (``connection_tasks``), which outlive no connection but would cost each one a task
+        group of its own."""
+        return self._task_group
+
     def register(self, connection: ConnectionScope) -> None:
         self._in_flight.add(connection)
         if self._idle and self._wakeup is not None:

@@ -45,6 +45,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from . import json_codec
 from .concurrency import collapse_excgroups
+from .connection_tasks import ConnectionTasks
 from .request import WebSocketRequest
 from .sessions import (
     format_session_cookie,
@@ -112,6 +113,40 @@ class ConnectionClosed(Exception):
         return f"WebSocket connection closed with code {self.code}{suffix}"
 
 
+class _SendGate:
+    """One send at a time (the handler, its tasks and the pump may all send).
+
+    ``anyio.Lock`` would do, but even uncontended it costs a task lookup and a cancellation
+    check per acquire, and a deque per connection: half of the framework's cost per echo.
+    Here the uncontended case is a flag; only a send that finds another in progress waits.
+    """
+
+    __slots__ = ("_released", "held")
+
+    def __init__(self) -> None:
+        self.held = False
+        self._released: anyio.Event | None = None
+
+    async def acquire(self) -> None:
+        while self.held:
+            if self._released is None:
+                self._released = anyio.Event()
+            await self._released.wait()
+        self.held = True
+
+    def release(self) -> None:
+        self.held = False
+        released, self._released = self._released, None
+        if released is not None:
+            released.set()  # every waiter re-checks; the first to run takes the gate
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.release()
+
+
 class _State(enum.Enum):
     CONNECTING = "connecting"
     OPEN = "open"
@@ -143,6 +178,33 @@ class WebSocket:
     ``accept`` reads ``websocket.connect`` itself and nothing reads ahead or enforces limits).
     """
 
+    __slots__ = (
+        "__dict__",  # user attributes (``ws.nickname = ...``); allocated only when used
+        "_close_info",
+        "_closed_by_handler",
+        "_connect_pending",
+        "_handler_scope",
+        "_host",
+        "_inbox",
+        "_max_message_size",
+        "_reading",
+        "_reads",
+        "_reads_at_last_sweep",
+        "_receive",
+        "_send",
+        "_send_gate",
+        "_sends_since_read",
+        "_session_cookie_pending",
+        "_state",
+        "_tasks",
+        "request",
+        "scope",
+        "session_cookie_secure",
+        "session_id",
+        "session_id_validator",
+        "subprotocol",
+    )
+
     def __init__(
         self,
         receive: Receive,
@@ -167,9 +229,10 @@ class WebSocket:
         self._connect_pending = True  # serve_websocket reads websocket.connect itself
         self._closed_by_handler = False
         self._close_info: tuple[int, str] | None = None  # set when the client is gone
-        self._send_lock = anyio.Lock(fast_acquire=True)
+        self._send_gate = _SendGate()
         self._inbox: MemoryObjectReceiveStream[Message] | None = None
-        self._task_group: anyio.abc.TaskGroup | None = None
+        self._host: anyio.abc.TaskGroup | None = None  # where its tasks run, while served
+        self._tasks: ConnectionTasks | None = None  # made when the first task starts
         self._handler_scope: anyio.CancelScope | None = None
         self._max_message_size: int | None = None
         self._reading = False  # the handler is waiting in receive() itself
@@ -231,7 +294,7 @@ class WebSocket:
             headers.append((b"Set-Cookie", cookie.encode("latin-1")))
             self._session_cookie_pending = False
         message = {"type": "websocket.accept", "subprotocol": subprotocol, "headers": headers}
-        async with self._send_lock:
+        async with self._send_gate:
             await self._send_or_closed(message)
             self._state = _State.OPEN
         self.subprotocol = subprotocol
@@ -253,15 +316,9 @@ class WebSocket:
         """
         if self._state is _State.CONNECTING and self._close_info is None:
             raise RuntimeError(_NOT_ACCEPTED)
-        if self._inbox is not None:
-            try:
-                message = await self._inbox.receive()
-            except (anyio.EndOfStream, anyio.ClosedResourceError):
-                raise self._connection_closed() from None
-            self._reads += 1
-            self._sends_since_read = 0
-            return message
         while True:
+            if self._inbox is not None:
+                return await self._next_from_pump(self._inbox)
             if self._close_info is not None:
                 raise self._connection_closed()
             self._reading = True
@@ -271,13 +328,22 @@ class WebSocket:
                 message = _receive_failed()
             finally:
                 self._reading = False
-            if message.get("type") == "websocket.receive" and not _too_big(
+            if message["type"] == "websocket.receive" and not _too_big(
                 message, self._max_message_size
             ):
                 self._reads += 1
                 self._sends_since_read = 0
                 return message
             await self._reject(message)
+
+    async def _next_from_pump(self, inbox: MemoryObjectReceiveStream[Message]) -> Message:
+        try:
+            message = await inbox.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            raise self._connection_closed() from None
+        self._reads += 1
+        self._sends_since_read = 0
+        return message
 
     async def _reject(self, message: Message) -> None:
         """A message that is not for the handler: a disconnect, one too big, or another type."""
@@ -291,20 +357,20 @@ class WebSocket:
 
     def _end_soon(self) -> None:
         """The connection is over: the handler gets ``DISCONNECT_GRACE`` to notice and finish
-        (a handler blocked elsewhere, or one that ignores ``ConnectionClosed``, is cancelled)."""
-        if self._task_group is not None and not self._closed_by_handler:
-            self._task_group.start_soon(self._cancel_handler_after_grace)
+        (a handler blocked elsewhere, or one that ignores ``ConnectionClosed``, is cancelled).
+
+        A deadline on the handler's scope rather than a task that sleeps: nothing to start.
+        """
+        scope = self._handler_scope
+        if scope is not None and not self._closed_by_handler:
+            scope.deadline = min(scope.deadline, anyio.current_time() + DISCONNECT_GRACE)
 
     async def receive(self) -> str | bytes:
         """The next message: ``str`` for a text frame, ``bytes`` for a binary one.
 
         Raises ``ConnectionClosed`` when the connection is over, ``RuntimeError`` before accept.
         """
-        message = await self._next_message()
-        text = message.get("text")
-        if text is not None:
-            return str(text)
-        return bytes(message.get("bytes") or b"")
+        return _payload(await self._next_message())
 
     async def receive_text(self) -> str:
         """The next message as text; a binary frame is decoded as UTF-8 (bad bytes dropped)."""
@@ -333,7 +399,7 @@ class WebSocket:
 
     async def __anext__(self) -> str | bytes:
         try:
-            return await self.receive()
+            return _payload(await self._next_message())
         except ConnectionClosed:
             raise StopAsyncIteration from None
 
@@ -356,7 +422,12 @@ class WebSocket:
             # (the pump or the server can then report the disconnect). Handlers that read
             # between sends (echo, chat) pay nothing: their reads yield.
             await anyio.lowlevel.checkpoint()
-        async with self._send_lock:
+        gate = self._send_gate
+        if gate.held:
+            await gate.acquire()
+        else:
+            gate.held = True  # the uncontended case, without a call
+        try:
             if self._state is not _State.OPEN:
                 if self._close_info is not None and not self._closed_by_handler:
                     raise self._connection_closed()
@@ -366,6 +437,8 @@ class WebSocket:
             except OSError as exc:  # ASGI 2.4 servers: the peer is gone
                 self._client_left(1006, "")
                 raise self._connection_closed() from exc
+        finally:
+            gate.release()
         self._sends_since_read += 1
 
     async def send_text(self, data: str) -> None:
@@ -414,14 +487,14 @@ class WebSocket:
         ``RuntimeError``; ``receive_*`` returns what the client sent before it saw the close,
         then raises ``ConnectionClosed``.
         """
-        async with self._send_lock:
+        async with self._send_gate:
             if self._state is not _State.OPEN:
                 return
             self._state = _State.CLOSED
             self._closed_by_handler = True
             await self._send_or_closed(close_message(code, reason or ""))
 
-    # --- tasks -----------------------------------------------------------------------------
+    # --- tasks ---------------------------------------------------------------------------
 
     def start_soon(self, function: Callable[..., Any], *args: Any) -> None:
         """Run ``function(*args)`` in a task that lives exactly as long as the connection.
@@ -430,51 +503,81 @@ class WebSocket:
         cancelled); if it raises, the handler is cancelled and the connection closes with 1011.
         ``RuntimeError`` when the connection is not being served.
         """
-        if self._task_group is None:
-            raise RuntimeError("start_soon() needs a connection that is being served")
-        self._task_group.start_soon(function, *args)
+        self._connection_tasks("start_soon() needs a connection that is being served").start_soon(
+            function, *args
+        )
+
+    def _connection_tasks(self, refusal: str) -> ConnectionTasks:
+        """The connection's tasks, made on first use: most connections never start one."""
+        if self._tasks is None:
+            if self._host is None or self._handler_scope is None:
+                raise RuntimeError(refusal)
+            self._tasks = ConnectionTasks(self._host, self._handler_scope.cancel)
+        return self._tasks
 
     # --- the connection's lifetime (used by serve_websocket) -------------------------------
 
     async def _serve(
         self,
-        call: Callable[[], Any],
-        max_message_size: int | None,
-        sweeper: DisconnectSweeper | None = None,
+        handler: Callable[..., Any],
+        args: list[Any],
+        kwargs: dict[str, Any],
+        sweeper: DisconnectSweeper | None,
+        host: anyio.abc.TaskGroup | None = None,
     ) -> None:
-        """Run the handler ``call`` in the connection's task group; return when it is done.
+        """Run the handler; return when it and every task of the connection are done.
 
-        With a running ``sweeper`` the handler reads ``receive()`` itself and the sweeper starts
-        a pump only if the handler stops reading (see ``_sweep``); without one the pump starts
-        at once. Raises what the handler (or a ``start_soon`` task) raised, unwrapped when alone.
+        The connection's tasks (``start_soon``, the pump, the 1001 at shutdown) run in the
+        sweeper's task group, which outlives every connection (see ``connection_tasks``), and
+        the handler reads ``receive()`` itself: the sweeper starts a pump only if the handler
+        stops reading (see ``_sweep``). Without a running sweeper (no lifespan) the connection
+        opens a task group of its own for them and starts the pump at once. Raises what the
+        handler raised, or what a task raised (several: an exception group).
         """
-        self._max_message_size = max_message_size
+        if host is None:
+            host = sweeper.task_group if sweeper is not None else None
+            if host is None:
+                with collapse_excgroups():
+                    async with anyio.create_task_group() as own_group:
+                        await self._serve(handler, args, kwargs, None, own_group)
+                return
+        self._host = host
         self._handler_scope = handler_scope = anyio.CancelScope()
-        registered = sweeper is not None and sweeper.running
+        failure: BaseException | None = None
+        if sweeper is not None:
+            sweeper.register_websocket(self)
         try:
-            with collapse_excgroups():
-                async with anyio.create_task_group() as task_group:
-                    self._task_group = task_group
-                    if registered:
-                        sweeper.register_websocket(self)  # type: ignore[union-attr]
-                    else:
-                        self._start_pump()
-                    try:
-                        with handler_scope:
-                            result = call()
-                            if inspect.isawaitable(result):
-                                await result
-                    finally:
-                        # The handler is done: nothing may start in the closing task group
-                        # any more (a shutdown notice arriving now would find it closed).
-                        self._task_group = None
-                        task_group.cancel_scope.cancel()
+            if sweeper is None:
+                self._start_pump()
+            with handler_scope:
+                result = handler(*args, **kwargs)
+                if inspect.isawaitable(result):
+                    await result
+        except BaseException as error:
+            failure = error
+            raise
         finally:
-            self._task_group = None
-            if self._inbox is not None:
-                self._inbox.close()
-            if registered:
-                sweeper.unregister_websocket(self)  # type: ignore[union-attr]
+            self._host = None  # the handler is done: no task may start any more
+            if sweeper is not None:
+                sweeper.unregister_websocket(self)
+            await self._end_tasks(failure)
+
+    async def _end_tasks(self, failure: BaseException | None) -> None:
+        """Cancel and await the connection's tasks; raise what they raised (with ``failure``,
+        the handler's own exception, as a group)."""
+        tasks = self._tasks
+        if tasks is not None:
+            await tasks.close()
+        if self._inbox is not None:
+            self._inbox.close()
+        if tasks is None or not tasks.errors:
+            return
+        errors: list[BaseException] = [*tasks.errors]
+        if failure is not None:
+            errors.insert(0, failure)
+        if len(errors) == 1:
+            raise errors[0]
+        raise BaseExceptionGroup("WebSocket connection tasks failed", errors)
 
     def _sweep(self) -> None:
         """Called by the sweeper every interval: start a pump for a handler that stopped reading.
@@ -483,30 +586,25 @@ class WebSocket:
         now (a push-only loop, a long computation) would not notice the client leaving; the pump
         reads for it from then on. A handler that keeps reading never pays for a pump.
         """
-        if self._inbox is not None or self._task_group is None or self._reading:
+        if self._inbox is not None or self._reading or self._host is None:
             return
         if self._reads == self._reads_at_last_sweep:
             self._start_pump()
         self._reads_at_last_sweep = self._reads
 
     def _start_pump(self) -> None:
-        assert self._task_group is not None
+        tasks = self._connection_tasks("The pump needs a connection that is being served")
         inbox_send, self._inbox = anyio.create_memory_object_stream[Message](INBOX_SIZE)
-        self._task_group.start_soon(self._pump, inbox_send)
+        tasks.start_soon(self._pump, inbox_send)
 
     def _going_away_soon(self) -> None:
         """Graceful server shutdown: close with 1001 now, cancel the handler after a grace."""
-        if self._task_group is not None:
-            self._task_group.start_soon(self._leave)
+        if self._host is not None:
+            self._connection_tasks("").start_soon(self._leave)
 
     async def _leave(self) -> None:
         await self._going_away()
         self._end_soon()
-
-    async def _cancel_handler_after_grace(self) -> None:
-        await anyio.sleep(DISCONNECT_GRACE)
-        if self._handler_scope is not None:
-            self._handler_scope.cancel()
 
     async def _pump(self, inbox: MemoryObjectSendStream[Message]) -> None:
         """Own ``receive()`` for a handler that does not read: feed its inbox, notice the
@@ -526,7 +624,7 @@ class WebSocket:
 
     async def _refuse_oversized(self) -> bool:
         """Close with 1009 if the connection is open; return whether it was."""
-        async with self._send_lock:
+        async with self._send_gate:
             if self._state is not _State.OPEN:
                 return False
             self._client_left(*_TOO_BIG)
@@ -556,6 +654,14 @@ class WebSocket:
             await self._send(close_message(code, reason))
         except Exception:
             logger.debug("Could not send WebSocket close %s", code, exc_info=True)
+
+
+def _payload(message: Message) -> str | bytes:
+    """What ``receive()`` returns for a ``websocket.receive`` message."""
+    text = message.get("text")
+    if text is not None:
+        return str(text)
+    return bytes(message.get("bytes") or b"")
 
 
 def _receive_failed() -> Message:

@@ -89,30 +89,29 @@ async def serve_websocket(app: App, scope: Scope, receive: Receive, send: Send) 
             logger.exception("WebSocket connection to %s failed before its handler", request.path)
             await send(close_message(*INTERNAL_ERROR))
             return
-        await _run_connection(app, ws, request, state, partial(handler, *args, **kwargs))
+        # The handler runs in this frame, not one more down: every open connection keeps its
+        # whole call stack alive, and memory per idle connection is a benchmark target.
+        failed = False
+        try:
+            ws._max_message_size = getattr(app, "ws_max_message_size", DEFAULT_MAX_MESSAGE_SIZE)
+            await ws._serve(handler, args, kwargs, app._sweeper)
+        except Exception as error:
+            if not only_connection_closed(error):
+                failed = True
+                logger.exception("Unhandled exception in WebSocket handler for %s", request.path)
+        except BaseException:
+            # A cancellation from outside (server shutdown), alone or in a group: say goodbye.
+            await ws._going_away()
+            raise
+        await _after_handler(app, ws, request, state, failed)
     finally:
         current_request.reset(token)
 
 
-async def _run_connection(
-    app: App,
-    ws: WebSocket,
-    request: WebSocketRequest,
-    state: SessionState,
-    call: Callable[[], Any],
+async def _after_handler(
+    app: App, ws: WebSocket, request: WebSocketRequest, state: SessionState, failed: bool
 ) -> None:
-    max_size = getattr(app, "ws_max_message_size", DEFAULT_MAX_MESSAGE_SIZE)
-    failed = False
-    try:
-        await ws._serve(call, max_size, app._sweeper)
-    except Exception as error:
-        if not only_connection_closed(error):
-            failed = True
-            logger.exception("Unhandled exception in WebSocket handler for %s", request.path)
-    except BaseException:
-        # A cancellation from outside (server shutdown), alone or in a group: say goodbye.
-        await ws._going_away()
-        raise
+    """``after_websocket``, the session save, and the close the handler did not send."""
     failed = not await _after_websocket(app, request) or failed
     if not failed:
         failed = not await _save_session(app, request, ws, state)

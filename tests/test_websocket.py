@@ -3,6 +3,10 @@
 Each test plays the client over anyio memory streams (``Peer``): it sends ASGI messages to the
 app's ``receive()`` and reads what the app passes to ``send()``. The app call runs in a task of
 the test's own task group, so a test fails (instead of hanging) when the app never ends.
+
+Every test runs twice: with the app's lifespan running (as under hypercorn: the connection's
+tasks live in the app's task group and a pump starts only for a handler that stops reading)
+and without it (the connection hosts its own tasks and pumps from the start).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from micropie import (
     WebSocket,
     WebSocketMiddleware,
 )
+from tests.drive import lifespan
 from micropie.websocket import DEFAULT_MAX_MESSAGE_SIZE, DISCONNECT_GRACE, INBOX_SIZE
 
 pytestmark = pytest.mark.anyio
@@ -33,6 +38,18 @@ pytestmark = pytest.mark.anyio
 Message = dict[str, Any]
 SESSION_ID = "00000000-0000-4000-8000-00000000000a"
 DEADLINE = 5.0
+
+
+_with_lifespan = True
+_lifespan_running: list[App] = []  # apps that ``connect`` is serving right now
+
+
+@pytest.fixture(autouse=True, params=["lifespan", "no lifespan"])
+def lifespan_mode(request: pytest.FixtureRequest) -> str:
+    """Whether ``connect`` runs the app's lifespan around the connection."""
+    global _with_lifespan
+    _with_lifespan = request.param == "lifespan"
+    return str(request.param)
 
 
 def close(code: int = 1000, reason: str = "") -> Message:
@@ -116,12 +133,23 @@ async def connect(
         finally:
             peer.app_done.set()
 
-    with anyio.fail_after(DEADLINE):
-        async with anyio.create_task_group() as task_group, to_app, from_app, app_inbox:
-            task_group.start_soon(run_app)
-            await to_app.send({"type": "websocket.connect"})
-            yield peer
-            await peer.app_done.wait()
+    shares_lifespan = app in _lifespan_running  # a second connection to the same app
+    _lifespan_running.append(app)
+    try:
+        with anyio.fail_after(DEADLINE):
+            async with (
+                lifespan(app, running=_with_lifespan and not shares_lifespan),
+                anyio.create_task_group() as task_group,
+                to_app,
+                from_app,
+                app_inbox,
+            ):
+                task_group.start_soon(run_app)
+                await to_app.send({"type": "websocket.connect"})
+                yield peer
+                await peer.app_done.wait()
+    finally:
+        _lifespan_running.remove(app)
 
 
 # --- the seed ----------------------------------------------------------------------------
@@ -508,7 +536,6 @@ async def test_pending_receive_raises_connection_closed_with_code_and_reason() -
 
     async with connect(Waits(), "/wait") as peer:
         await peer.receive()
-        await anyio.wait_all_tasks_blocked()
         await peer.send({"type": "websocket.disconnect", "code": 4001, "reason": "gone"})
         assert await peer.receive_all() == []
     assert [(c.code, c.reason) for c in caught] == [(4001, "gone")] * 3
@@ -601,17 +628,56 @@ async def test_failing_start_soon_task_closes_1011(caplog: pytest.LogCaptureFixt
     assert [r.exc_info[0] for r in errors if r.exc_info] == [LookupError]
 
 
+async def test_a_failing_task_ends_only_its_own_connection(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With lifespan the task runs in the app's task group: its error must not reach it."""
+
+    async def broken() -> None:
+        raise LookupError("task detail")
+
+    class Tasks(App):
+        async def ws_tasks(self, ws: WebSocket) -> None:
+            await ws.accept()
+            ws.start_soon(broken)
+            await anyio.sleep_forever()
+
+        async def ws_echo(self, ws: WebSocket) -> None:
+            await ws.accept()
+            await ws.send_text(await ws.receive_text())
+
+    app = Tasks(session_cookie_secure=False)
+    async with connect(app, "/echo") as survivor:
+        await survivor.receive()
+        async with connect(app, "/tasks") as failing:
+            assert (await failing.receive_all())[1:] == [close(1011, "Internal server error")]
+        await survivor.send_text("still here")
+        assert await survivor.receive() == text("still here")
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.exc_info[0] for r in errors if r.exc_info] == [LookupError]
+
+
 async def test_group_of_connection_closed_is_a_normal_end(caplog: pytest.LogCaptureFixture) -> None:
+    readers = 0
+    both_reading = anyio.Event()
+
+    async def read(ws: WebSocket) -> None:
+        nonlocal readers
+        readers += 1
+        if readers == 2:
+            both_reading.set()
+        await ws.receive_text()
+
     class Fanout(App):
         async def ws_fan(self, ws: WebSocket) -> None:
             await ws.accept()
             async with anyio.create_task_group() as group:
-                group.start_soon(ws.receive_text)
-                group.start_soon(ws.receive_text)
+                group.start_soon(read, ws)
+                group.start_soon(read, ws)
 
     async with connect(Fanout(), "/fan") as peer:
         await peer.receive()
-        await anyio.wait_all_tasks_blocked()
+        await both_reading.wait()
         await peer.disconnect()
         assert await peer.receive_all() == []
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
@@ -653,16 +719,18 @@ async def test_server_shutdown_sends_1001_then_the_cancellation_propagates() -> 
 
 async def test_client_leaving_during_the_handshake_cancels_the_handler() -> None:
     cancelled = anyio.Event()
+    sleeping = anyio.Event()
 
     class Slow(App):
         async def ws_slow(self, ws: WebSocket) -> None:
             try:
+                sleeping.set()
                 await anyio.sleep_forever()  # never accepts
             finally:
                 cancelled.set()
 
     async with connect(Slow(), "/slow") as peer:
-        await anyio.wait_all_tasks_blocked()
+        await sleeping.wait()
         await peer.disconnect()
         assert await peer.receive_all() == []
     assert cancelled.is_set()
@@ -719,10 +787,15 @@ async def test_a_handler_that_does_not_read_stops_the_pump() -> None:
         await peer.receive()
         for number in range(50):
             await peer.send_text(str(number))
-        await anyio.wait_all_tasks_blocked()
-        # The pump holds at most INBOX_SIZE messages plus the one it is trying to hand over.
-        unread = peer.to_app.statistics().current_buffer_used
-        assert unread >= 50 - INBOX_SIZE - 1
+        # The pump (at once without lifespan, after a sweep or two with it) takes INBOX_SIZE
+        # messages plus the one it is trying to hand over, and then stops reading.
+        held_back = 50 - INBOX_SIZE - 1
+        with anyio.fail_after(2):
+            while peer.to_app.statistics().current_buffer_used > held_back:
+                await anyio.sleep(0.01)
+        for _ in range(100):
+            await anyio.lowlevel.checkpoint()
+        assert peer.to_app.statistics().current_buffer_used == held_back
         release.set()
         await peer.disconnect()
     assert received == [str(number) for number in range(50)]
