@@ -33,10 +33,10 @@ cannot be cancelled; protocol violations drop the TCP connection without a close
 from __future__ import annotations
 
 import enum
-import inspect
 import logging
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.abc
@@ -69,6 +69,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger("micropie")
+
+_T = TypeVar("_T")
 
 #: Largest incoming message (in bytes, text counted as UTF-8) a handler gets by default; a bigger
 #: one closes the connection with 1009. 1 MiB, like the ``websockets`` and trio-websocket
@@ -145,6 +147,62 @@ class _SendGate:
 
     async def __aexit__(self, *exc_info: object) -> None:
         self.release()
+
+
+class _Lifetime:
+    """The block a WebSocket handler runs in (see ``WebSocket._lifetime``).
+
+    An async context manager rather than a coroutine that calls the handler: the handler then
+    runs in ``serve_websocket``'s own frame, one frame fewer between the app and the server at
+    every suspension and for as long as the connection is open.
+    """
+
+    __slots__ = ("_own_group", "_sweeper", "_ws")
+
+    def __init__(self, ws: WebSocket, sweeper: DisconnectSweeper | None) -> None:
+        self._ws = ws
+        self._sweeper = sweeper
+        self._own_group: anyio.abc.TaskGroup | None = None
+
+    async def __aenter__(self) -> None:
+        ws, sweeper = self._ws, self._sweeper
+        host = sweeper.task_group if sweeper is not None else None
+        if host is None:  # no lifespan: the connection hosts its own tasks
+            self._sweeper = None
+            self._own_group = host = anyio.create_task_group()
+            await host.__aenter__()
+        ws._host = host
+        ws._handler_scope = handler_scope = anyio.CancelScope()
+        if self._sweeper is not None:
+            self._sweeper.register_websocket(ws)
+        else:
+            ws._start_pump()
+        handler_scope.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        ws = self._ws
+        assert ws._handler_scope is not None
+        if ws._handler_scope.__exit__(exc_type, exc, tb):  # ours: grace, shutdown, a task failed
+            exc_type = exc = tb = None
+        ws._host = None  # the handler is done: no task may start any more
+        if self._sweeper is not None:
+            self._sweeper.unregister_websocket(ws)
+        own_group = self._own_group
+        try:
+            await ws._end_tasks(exc)
+        except BaseException as error:  # what the tasks raised (with the handler's exception)
+            if own_group is None:
+                raise
+            exc_type, exc, tb = type(error), error, error.__traceback__
+        if own_group is not None:
+            with collapse_excgroups():
+                await own_group.__aexit__(exc_type, exc, tb)
+        return exc is None
 
 
 class _State(enum.Enum):
@@ -309,17 +367,25 @@ class WebSocket:
 
     # --- receiving -------------------------------------------------------------------------
 
-    async def _next_message(self) -> Message:
-        """The next ``websocket.receive`` message, or ``ConnectionClosed``.
+    async def _next_message(self, convert: Callable[[Message], _T], iterating: bool = False) -> _T:
+        """The next ``websocket.receive`` message, passed through ``convert``.
 
-        While no pump runs, the handler reads ``receive()`` itself: no task hop per message.
+        Raises ``ConnectionClosed`` once the connection is over (``StopAsyncIteration`` when
+        ``iterating``). While no pump runs, the handler reads ``receive()`` itself: no task hop
+        per message. Every public ``receive_*`` returns this coroutine as it is, and the
+        conversion happens here, so a message passes through one frame of ours, not three: the
+        frames between the app and the server are paid for at every suspension, and kept
+        alive for as long as the connection is open.
         """
         if self._state is _State.CONNECTING and self._close_info is None:
             raise RuntimeError(_NOT_ACCEPTED)
         while True:
             if self._inbox is not None:
-                return await self._next_from_pump(self._inbox)
+                message = await self._next_from_pump(self._inbox, iterating)
+                return convert(message)
             if self._close_info is not None:
+                if iterating:
+                    raise StopAsyncIteration
                 raise self._connection_closed()
             self._reading = True
             try:
@@ -328,18 +394,22 @@ class WebSocket:
                 message = _receive_failed()
             finally:
                 self._reading = False
-            if message["type"] == "websocket.receive" and not _too_big(
-                message, self._max_message_size
+            if message["type"] == "websocket.receive" and not (
+                self._max_message_size is not None and _too_big(message, self._max_message_size)
             ):
                 self._reads += 1
                 self._sends_since_read = 0
-                return message
+                return convert(message)
             await self._reject(message)
 
-    async def _next_from_pump(self, inbox: MemoryObjectReceiveStream[Message]) -> Message:
+    async def _next_from_pump(
+        self, inbox: MemoryObjectReceiveStream[Message], iterating: bool
+    ) -> Message:
         try:
             message = await inbox.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
+            if iterating:
+                raise StopAsyncIteration from None
             raise self._connection_closed() from None
         self._reads += 1
         self._sends_since_read = 0
@@ -365,28 +435,20 @@ class WebSocket:
         if scope is not None and not self._closed_by_handler:
             scope.deadline = min(scope.deadline, anyio.current_time() + DISCONNECT_GRACE)
 
-    async def receive(self) -> str | bytes:
-        """The next message: ``str`` for a text frame, ``bytes`` for a binary one.
+    def receive(self) -> Coroutine[Any, Any, str | bytes]:
+        """The next message: ``str`` for a text frame, ``bytes`` for a binary one (awaitable).
 
         Raises ``ConnectionClosed`` when the connection is over, ``RuntimeError`` before accept.
         """
-        return _payload(await self._next_message())
+        return self._next_message(_payload)
 
-    async def receive_text(self) -> str:
+    def receive_text(self) -> Coroutine[Any, Any, str]:
         """The next message as text; a binary frame is decoded as UTF-8 (bad bytes dropped)."""
-        message = await self._next_message()
-        text = message.get("text")
-        if text is not None:
-            return str(text)
-        return bytes(message.get("bytes") or b"").decode("utf-8", "ignore")
+        return self._next_message(_as_text)
 
-    async def receive_bytes(self) -> bytes:
+    def receive_bytes(self) -> Coroutine[Any, Any, bytes]:
         """The next message as bytes; a text frame is encoded as UTF-8."""
-        message = await self._next_message()
-        data = message.get("bytes")
-        if data is not None:
-            return bytes(data)
-        return str(message.get("text") or "").encode("utf-8")
+        return self._next_message(_as_bytes)
 
     async def receive_json(self) -> Any:
         """The next message (text or binary) parsed as JSON; ``ValueError`` if it is not JSON."""
@@ -397,11 +459,8 @@ class WebSocket:
         """``async for message in ws`` yields ``receive()`` results until the connection ends."""
         return self
 
-    async def __anext__(self) -> str | bytes:
-        try:
-            return _payload(await self._next_message())
-        except ConnectionClosed:
-            raise StopAsyncIteration from None
+    def __anext__(self) -> Coroutine[Any, Any, str | bytes]:
+        return self._next_message(_payload, iterating=True)
 
     # --- sending ---------------------------------------------------------------------------
 
@@ -441,14 +500,14 @@ class WebSocket:
             gate.release()
         self._sends_since_read += 1
 
-    async def send_text(self, data: str) -> None:
-        """Send a text message. ``RuntimeError`` before accept or after ``close()``;
-        ``ConnectionClosed`` after the client left."""
-        await self._send_frame({"type": "websocket.send", "text": data})
+    def send_text(self, data: str) -> Coroutine[Any, Any, None]:
+        """Send a text message (awaitable). ``RuntimeError`` before accept or after
+        ``close()``; ``ConnectionClosed`` after the client left."""
+        return self._send_frame({"type": "websocket.send", "text": data})
 
-    async def send_bytes(self, data: bytes) -> None:
-        """Send a binary message (same errors as ``send_text``)."""
-        await self._send_frame({"type": "websocket.send", "bytes": data})
+    def send_bytes(self, data: bytes) -> Coroutine[Any, Any, None]:
+        """Send a binary message (awaitable; same errors as ``send_text``)."""
+        return self._send_frame({"type": "websocket.send", "bytes": data})
 
     async def send_json(self, data: Any) -> None:
         """Send ``data`` serialised as JSON in a text message."""
@@ -517,50 +576,17 @@ class WebSocket:
 
     # --- the connection's lifetime (used by serve_websocket) -------------------------------
 
-    async def _serve(
-        self,
-        handler: Callable[..., Any],
-        args: list[Any],
-        kwargs: dict[str, Any],
-        sweeper: DisconnectSweeper | None,
-        host: anyio.abc.TaskGroup | None = None,
-    ) -> None:
-        """Run the handler; return when it and every task of the connection are done.
+    def _lifetime(self, sweeper: DisconnectSweeper | None) -> _Lifetime:
+        """``async with ws._lifetime(sweeper):`` around the handler call (``serve_websocket``).
 
         The connection's tasks (``start_soon``, the pump, the 1001 at shutdown) run in the
         sweeper's task group, which outlives every connection (see ``connection_tasks``), and
         the handler reads ``receive()`` itself: the sweeper starts a pump only if the handler
         stops reading (see ``_sweep``). Without a running sweeper (no lifespan) the connection
-        opens a task group of its own for them and starts the pump at once. Raises what the
-        handler raised, or what a task raised (several: an exception group).
+        opens a task group of its own for them and starts the pump at once. Leaving the block
+        cancels and awaits those tasks and raises what they raised.
         """
-        if host is None:
-            host = sweeper.task_group if sweeper is not None else None
-            if host is None:
-                with collapse_excgroups():
-                    async with anyio.create_task_group() as own_group:
-                        await self._serve(handler, args, kwargs, None, own_group)
-                return
-        self._host = host
-        self._handler_scope = handler_scope = anyio.CancelScope()
-        failure: BaseException | None = None
-        if sweeper is not None:
-            sweeper.register_websocket(self)
-        try:
-            if sweeper is None:
-                self._start_pump()
-            with handler_scope:
-                result = handler(*args, **kwargs)
-                if inspect.isawaitable(result):
-                    await result
-        except BaseException as error:
-            failure = error
-            raise
-        finally:
-            self._host = None  # the handler is done: no task may start any more
-            if sweeper is not None:
-                sweeper.unregister_websocket(self)
-            await self._end_tasks(failure)
+        return _Lifetime(self, sweeper)
 
     async def _end_tasks(self, failure: BaseException | None) -> None:
         """Cancel and await the connection's tasks; raise what they raised (with ``failure``,
@@ -658,10 +684,24 @@ class WebSocket:
 
 def _payload(message: Message) -> str | bytes:
     """What ``receive()`` returns for a ``websocket.receive`` message."""
-    text = message.get("text")
+    text: str | None = message.get("text")
     if text is not None:
-        return str(text)
+        return text
     return bytes(message.get("bytes") or b"")
+
+
+def _as_text(message: Message) -> str:
+    text: str | None = message.get("text")
+    if text is not None:
+        return text
+    return bytes(message.get("bytes") or b"").decode("utf-8", "ignore")
+
+
+def _as_bytes(message: Message) -> bytes:
+    data = message.get("bytes")
+    if data is not None:
+        return bytes(data)
+    return str(message.get("text") or "").encode("utf-8")
 
 
 def _receive_failed() -> Message:

@@ -94,7 +94,10 @@ async def serve_websocket(app: App, scope: Scope, receive: Receive, send: Send) 
         failed = False
         try:
             ws._max_message_size = getattr(app, "ws_max_message_size", DEFAULT_MAX_MESSAGE_SIZE)
-            await ws._serve(handler, args, kwargs, app._sweeper)
+            async with ws._lifetime(app._sweeper):
+                result = handler(*args, **kwargs)
+                if inspect.isawaitable(result):
+                    await result
         except Exception as error:
             if not only_connection_closed(error):
                 failed = True
