@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -18,11 +18,11 @@ import anyio
 import anyio.abc
 
 from . import bodies, redirects, routing, templates
-from .disconnect import Connection, ConnectionScope, DisconnectSweeper
+from .disconnect import ConnectionScope, DisconnectSweeper
 from .errors import ClientDisconnected, HTTPError, MultipartFileError
 from .lifespan import AppLifetime
 from .middleware import HttpMiddleware, WebSocketMiddleware
-from .multipart import open_multipart
+from .multipart import MultipartForm, open_form
 from .request import Request, current_request, scan_headers
 from .responses import (
     PlainResponse,
@@ -174,7 +174,7 @@ class App:
                 session, media_type = await self._prepare(request)
                 connection = self._connection_for(request, receive, media_type)
                 async with connection:
-                    if isinstance(connection, ConnectionScope) and connection.reading:
+                    if connection.reading and connection.form is None:
                         await self._read_body(request, receive, connection, str(media_type))
                     status, body, headers = await self._run_user_code(request, connection.form)
                 if connection.timed_out:
@@ -223,16 +223,18 @@ class App:
 
     def _connection_for(
         self, request: Request, receive: Receive, media_type: str | None
-    ) -> Connection:
+    ) -> ConnectionScope:
         """What the request runs in: cancelled when its client leaves.
 
-        A multipart upload's parser owns ``receive()`` and starts at once, so the handler can run
-        while the upload is still arriving. Any other body is read inside the connection scope
-        first; watching for the client to leave starts after it.
+        A body is read inside the connection scope; watching for the client to leave starts
+        after it. A multipart body gets a ``form`` that binding and the handler's file reads
+        parse on demand, so the handler runs while the upload is still arriving (``HTTPError``
+        for one without a boundary).
         """
+        connection = ConnectionScope(receive, self._sweeper, reading=media_type is not None)
         if media_type is not None and "multipart/form-data" in media_type:
-            return open_multipart(self, request, receive)
-        return ConnectionScope(receive, self._sweeper, reading=media_type is not None)
+            connection.form = open_form(self, request, receive, connection)
+        return connection
 
     async def _read_body(
         self, request: Request, receive: Receive, connection: ConnectionScope, media_type: str
@@ -247,10 +249,29 @@ class App:
         connection.start_watching()
         await bodies.parse_body(request, body, media_type)
 
-    async def _run_user_code(
+    def _run_user_code(
+        self, request: Request, form: MultipartForm | None
+    ) -> Coroutine[Any, Any, tuple[int, Any, list[Any]]]:
+        """Middleware, routing, binding, the handler and ``after_request`` (awaitable).
+
+        With a multipart form, its end stops the form, and an upload that failed (or a client
+        that left) decides the answer instead (see ``MultipartForm.__exit__``). A plain def
+        handing back a coroutine: ordinary requests pay for no extra frame.
+        """
+        if form is None:
+            return self._user_code(request, None)
+        return self._user_code_with_upload(request, form)
+
+    async def _user_code_with_upload(
+        self, request: Request, form: MultipartForm
+    ) -> tuple[int, Any, list[Any]]:
+        with form.answering():
+            return await self._user_code(request, form)
+
+    async def _user_code(
         self, request: Request, form: PendingForm | None
     ) -> tuple[int, Any, list[Any]]:
-        """Middleware, routing, binding, the handler and ``after_request``."""
+        """The user code itself; binding waits for the form fields the handler takes."""
         for middleware in self.middlewares:
             short_circuit = await middleware.before_request(request)
             if short_circuit:

@@ -44,7 +44,7 @@ import logging
 import math
 import time
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
@@ -54,12 +54,11 @@ from .concurrency import collapse_excgroups
 from .types import Receive
 
 if TYPE_CHECKING:
-    from .routing import PendingForm
+    from .multipart import MultipartForm
     from .websocket import WebSocket
 
 __all__ = [
     "SWEEP_INTERVAL",
-    "Connection",
     "ConnectionScope",
     "DisconnectSweeper",
     "watch_for_disconnect",
@@ -90,45 +89,15 @@ async def watch_for_disconnect(receive: Receive, cancel_scope: anyio.CancelScope
         await anyio.lowlevel.checkpoint()  # a receive() that never blocks must not starve the loop
 
 
-class Connection(Protocol):
-    """What a request's user code runs in: cancelled when the client leaves.
-
-    ``ConnectionScope`` for ordinary requests; a multipart upload's reception for
-    ``multipart/form-data`` (its parser owns ``receive()`` and watches for the client leaving).
-    """
-
-    @property
-    def client_left(self) -> bool:
-        """Whether the client left while the user code ran (then nothing is sent)."""
-
-    @property
-    def form(self) -> PendingForm | None:
-        """The multipart form still arriving, if any."""
-
-    @property
-    def timed_out(self) -> bool:
-        """Whether the body stalled past ``body_timeout`` (then answer 408)."""
-
-    async def __aenter__(self) -> Connection: ...
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool: ...
-
-
 class ConnectionScope:
     """``async with`` block whose body is cancelled when the client disconnects.
 
     After the block, ``client_left`` tells whether that happened (then send nothing) and
     ``timed_out`` whether the body stalled (then answer 408). With ``reading=True`` the block
     starts by reading the body: call ``expect_body_within(seconds)`` before each ``receive()``
-    and ``start_watching()`` once the body is in.
+    and ``start_watching()`` once the body is in. A multipart request reads its body while the
+    user code runs: its ``form`` reads on demand (see ``multipart``).
     """
-
-    form: PendingForm | None = None
 
     __slots__ = (
         "_receive",
@@ -137,6 +106,7 @@ class ConnectionScope:
         "body_deadline",
         "cancel_scope",
         "client_left",
+        "form",
         "reading",
         "seen",
         "stalled",
@@ -158,6 +128,8 @@ class ConnectionScope:
         self.seen = False
         self.watcher_scope: anyio.CancelScope | None = None
         self.watcher_done: anyio.Event | None = None
+        #: The multipart form read while the user code runs, if the body is one.
+        self.form: MultipartForm | None = None
 
     @property
     def timed_out(self) -> bool:
@@ -195,6 +167,19 @@ class ConnectionScope:
         if self._task_group is not None:
             self.cancel_scope.deadline = math.inf
             self._task_group.start_soon(self.watch)
+
+    def client_gone(self, grace: float) -> None:
+        """The reader saw the client leave mid-body: send nothing, cancel the block soon.
+
+        The block is cancelled ``grace`` seconds from now unless it ends first, so code that
+        was reading gets to see the failure and clean up, and code that ignores it cannot keep
+        running. A deadline on the scope, so no task is needed.
+        """
+        self.client_left = True
+        self.body_deadline = None
+        deadline = anyio.current_time() + grace
+        if deadline < self.cancel_scope.deadline:
+            self.cancel_scope.deadline = deadline
 
     async def __aexit__(
         self,

@@ -17,12 +17,13 @@ import anyio
 import anyio.lowlevel
 import pytest
 from asgi import Message, attach, body, http_scope, run_app
+from drive import lifespan
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import micropie.multipart
 from micropie import App, HttpMiddleware, InMemorySessionBackend, MultipartFileError
-from micropie.multipart import UploadStream, parse_boundary
+from micropie.multipart import CHECKPOINT_EVERY, DISCONNECT_GRACE, UploadStream, parse_boundary
 
 BOUNDARY = "test-boundary"
 
@@ -180,6 +181,7 @@ def repeated(piece: bytes, count: int) -> Iterator[bytes]:
 
 
 CHUNK = b"x" * 65536
+FIELD_TOO_LARGE = (413, b"413 Payload Too Large: Multipart form field")
 
 
 # --- what the handler gets -------------------------------------------------------------------
@@ -427,6 +429,133 @@ def in_messages_bytes(data: bytes, size: int) -> list[bytes]:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("later_first", [False, True], ids=["in-order", "later-first"])
+async def test_two_files_read_at_once_by_two_tasks(later_first: bool) -> None:
+    """Concurrent readers take turns reading the body; neither waits for the other forever."""
+    app = make_app()
+    one, two = bytes(range(256)) * 3000, b"2" * 700_000
+    data = multipart(field("x", "1"), file_part("a", "a", one), file_part("b", "b", two))
+    results: dict[str, bytes] = {}
+
+    @attach(app)
+    async def upload(self: App, x: str, **form: Any) -> str:
+        async def read(name: str) -> None:
+            results[name] = await read_all(self.request.files[name]["content"])
+
+        async with anyio.create_task_group() as task_group:
+            for name in ("b", "a") if later_first else ("a", "b"):
+                task_group.start_soon(read, name)
+        return "ok"
+
+    upload_ = Upload(in_messages_bytes(data, 65536))
+    await upload_.run(app, upload_scope())
+    assert (upload_.status, results == {"a": one, "b": two}) == (200, True)
+
+
+@pytest.mark.anyio
+async def test_two_tasks_read_one_file_while_it_arrives() -> None:
+    """The second reader waits for the first one's read, then takes its turn."""
+    app = make_app()
+    pieces = [bytes([65 + i]) * 70_000 for i in range(12)]
+    upload_ = Upload([file_head("doc", "d"), *pieces, tail()])
+    got: list[list[bytes]] = [[], []]
+
+    @attach(app)
+    async def upload(self: App, doc: dict[str, Any]) -> str:
+        async def read(into: list[bytes]) -> None:
+            async for chunk in doc["content"]:
+                into.append(chunk)
+                await anyio.lowlevel.checkpoint()  # let the other reader in
+
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(read, got[0])
+            task_group.start_soon(read, got[1])
+        return "ok"
+
+    await upload_.run(app, upload_scope())
+    assert upload_.status == 200
+    assert b"".join(sorted(got[0] + got[1])) == b"".join(pieces)
+    assert got[0]
+    assert got[1]
+
+
+@pytest.mark.anyio
+async def test_a_reader_cancelled_while_reading_the_body_hands_over_to_the_next() -> None:
+    app = make_app()
+    upload_ = Upload([file_head("a", "a") + b"one", b"two", tail()])
+    second_message = upload_.gate(1)
+    seen: list[Any] = []
+
+    @attach(app)
+    async def upload(self: App, a: dict[str, Any]) -> str:
+        stream = a["content"]
+        seen.append(await stream.get())
+        first_scope = anyio.CancelScope()
+
+        async def first_reader() -> None:
+            with first_scope:
+                await stream.get()  # waits for the client, holding the turn to read
+            seen.append("first reader cancelled")
+
+        async def second_reader() -> None:
+            seen.append(await read_all(stream))  # waits for the first reader's turn
+
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(first_reader)
+            await anyio.wait_all_tasks_blocked()
+            task_group.start_soon(second_reader)
+            await anyio.wait_all_tasks_blocked()
+            first_scope.cancel()
+            await anyio.wait_all_tasks_blocked()
+            second_message.set()
+        return "ok"
+
+    await upload_.run(app, upload_scope())
+    assert (upload_.status, seen) == (200, [b"one", "first reader cancelled", b"two"])
+
+
+@pytest.mark.anyio
+async def test_an_endless_body_that_never_blocks_does_not_starve_the_loop() -> None:
+    """``receive()`` that returns at once, forever: reading still yields to other tasks."""
+    app = make_app(max_body_size=None)
+    reading, other_ran = anyio.Event(), anyio.Event()
+    head = body(file_head("doc", "d"), more_body=True)
+    chunk = body(CHUNK, more_body=True)
+    limit = 64 * CHECKPOINT_EVERY  # a bound for the test, not for the app
+
+    @attach(app)
+    async def upload(self: App, doc: dict[str, Any]) -> str:
+        size = 0
+        while not other_ran.is_set() and size < limit:
+            size += len(await doc["content"].get() or b"")
+            reading.set()
+        return str(size)
+
+    messages = itertools.chain([head], itertools.repeat(chunk))
+
+    async def receive() -> Message:
+        return next(messages)  # never yields
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def other() -> None:
+        await reading.wait()
+        other_ran.set()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(other)
+            await app(upload_scope(), receive, send)
+    read = int(sent[-1]["body"])
+    # asyncio runs the other task at the first checkpoint; trio may pick either task first
+    # after each one, so allow a few (a loop that never yields reads all of ``limit``).
+    assert 0 < read <= limit // 2
+
+
+@pytest.mark.anyio
 async def test_a_handler_that_does_not_read_holds_the_upload_back() -> None:
     """Backpressure: the app stops reading the body while the handler's file is unread."""
     app = make_app()
@@ -447,7 +576,8 @@ async def test_a_handler_that_does_not_read_holds_the_upload_back() -> None:
         await anyio.wait_all_tasks_blocked()
         sent_while_unread.append(upload_.sent)
         read_now.set()
-    assert sent_while_unread[0] <= 1024 * 1024  # FILE_BUFFER_SIZE and a few chunks
+    # binding read up to the file's headers; nothing more is read while nobody reads the file
+    assert sent_while_unread[0] == len(file_head("big", "b.bin"))
     assert (upload_.status, upload_.body) == (200, str(total).encode())
 
 
@@ -573,53 +703,62 @@ async def test_a_failure_known_while_binding_prevents_the_handler() -> None:
 
 
 @pytest.mark.anyio
-async def test_a_failure_known_before_the_handler_runs_prevents_it_even_without_waiting() -> None:
+async def test_a_failure_met_in_the_read_that_brought_the_bound_file_prevents_the_handler() -> None:
+    """The file the handler binds and a bad field after it arrive in one message."""
     app = make_app(max_form_field_size=4)
     called: list[str] = []
 
-    data = multipart(field("note", "12345"))
-    client = Upload([data])
-
-    class Pause(HttpMiddleware):
-        async def before_request(self, request: Any) -> None:
-            await client.body_done.wait()
-            await anyio.wait_all_tasks_blocked()  # the parser has met the bad field
-
-        async def after_request(self, *args: Any) -> None:
-            return None
-
     @attach(app)
-    async def upload(self: App) -> str:
+    async def upload(self: App, doc: dict[str, Any]) -> str:
         called.append("handler")
         return "side effect"
 
-    app.middlewares.append(Pause())
+    data = multipart(file_part("doc", "d", b"x"), field("note", "12345"))
+    conn = await run_app(app, upload_scope(), [body(data)])
+    assert (conn.status, conn.body, called) == (*FIELD_TOO_LARGE, [])
+
+
+@pytest.mark.anyio
+async def test_a_handler_that_asks_for_nothing_reads_nothing() -> None:
+    """Nothing binds a form field or reads a file: the body is never read, the answer stands."""
+    app = make_app(max_form_field_size=4)
+
+    @attach(app)
+    async def upload(self: App) -> str:
+        return "ok"
+
+    client = Upload([multipart(field("note", "12345")), *repeated(CHUNK, 100)], more=True)
     await client.run(app, upload_scope())
-    assert (client.status, called) == (413, [])
+    assert (client.status, client.body, client.sent) == (200, b"ok", 0)
 
 
 @pytest.mark.anyio
 async def test_a_failure_while_the_handler_runs_replaces_its_answer() -> None:
+    """The handler's own read meets a bad field after its file: its answer is replaced."""
     app = make_app(max_form_field_size=4)
-    data = multipart(file_part("doc", "d", b"x"), field("note", "12345"))
-    cut = data.index(b'Content-Disposition: form-data; name="note"')
+    data = multipart(file_part("doc", "d", b"xyz"), field("note", "12345"))
+    cut = data.index(b"xyz") + 2  # the file's last byte and end come with the bad field
     client = Upload([data[:cut], data[cut:]])
-    file_read = client.gate(1)  # the bad field is sent once the handler has read the file
+    read: list[bytes] = []
 
     @attach(app)
     async def upload(self: App, doc: dict[str, Any]) -> str:
-        await read_all(doc["content"])
-        file_read.set()
-        await client.body_done.wait()
-        await anyio.wait_all_tasks_blocked()  # the parser has met the bad field
+        read.append(await read_all(doc["content"]))
         return "ok"
 
     await client.run(app, upload_scope())
-    assert (client.status, client.body) == (413, b"413 Payload Too Large: Multipart form field")
+    assert (client.status, client.body, read) == (*FIELD_TOO_LARGE, [b"xyz"])
+
+
+#: Run with the app's lifespan (one sweeper enforces body deadlines for all requests) or
+#: without it (each request puts the deadline on its own scope): both paths must behave alike.
+SWEEPER = pytest.mark.parametrize("sweeper", [True, False], ids=["lifespan", "no-lifespan"])
+TIMED_OUT = (408, b"408 Request Timeout: Failed to receive body")
 
 
 @pytest.mark.anyio
-async def test_stalled_upload_answers_408() -> None:
+@SWEEPER
+async def test_stalled_upload_answers_408(sweeper: bool) -> None:
     """MicroPie ``test_stalled_multipart_receive_returns_408``."""
     app = make_app(body_timeout=0.05)
 
@@ -628,8 +767,46 @@ async def test_stalled_upload_answers_408() -> None:
         return "unreachable"
 
     upload_ = Upload([file_head("x", "x")], more=True)
-    await upload_.run(app, upload_scope())
-    assert (upload_.status, upload_.body) == (408, b"408 Request Timeout: Failed to receive body")
+    async with lifespan(app, running=sweeper):
+        await upload_.run(app, upload_scope())
+    assert (upload_.status, upload_.body) == TIMED_OUT
+
+
+@pytest.mark.anyio
+@SWEEPER
+async def test_a_stall_while_the_handler_reads_answers_408(sweeper: bool) -> None:
+    app = make_app(body_timeout=0.05)
+    interrupted: list[str] = []
+
+    @attach(app)
+    async def upload(self: App, doc: dict[str, Any]) -> bytes:
+        try:
+            return await read_all(doc["content"])
+        finally:
+            interrupted.append("reader interrupted")
+
+    upload_ = Upload([file_head("doc", "d") + b"first"], more=True)
+    async with lifespan(app, running=sweeper):
+        await upload_.run(app, upload_scope())
+    assert ((upload_.status, upload_.body), interrupted) == (TIMED_OUT, ["reader interrupted"])
+
+
+@pytest.mark.anyio
+@SWEEPER
+async def test_a_handler_slow_to_read_is_not_timed_out(sweeper: bool) -> None:
+    """The body deadline runs only while a read waits for the client, never between reads."""
+    app = make_app(body_timeout=0.05)
+
+    @attach(app)
+    async def upload(self: App, doc: dict[str, Any]) -> bytes:
+        first = await doc["content"].get()
+        await anyio.sleep(0.25)  # slow work, five body timeouts long: the client did not stall
+        return first + b"|" + await read_all(doc["content"])
+
+    upload_ = Upload([file_head("doc", "d") + b"first", b"second", tail()])
+    async with lifespan(app, running=sweeper):
+        await upload_.run(app, upload_scope())
+    assert (upload_.status, upload_.body) == (200, b"first|second")
 
 
 @pytest.mark.anyio
@@ -763,6 +940,34 @@ async def test_a_reader_gets_a_moment_to_clean_up_after_the_client_left() -> Non
 
 
 @pytest.mark.anyio
+@SWEEPER
+async def test_a_handler_that_ignores_its_client_leaving_mid_upload_is_cancelled(
+    sweeper: bool,
+) -> None:
+    app = make_app()
+    cancelled = anyio.Event()
+
+    @attach(app)
+    async def upload(self: App, doc: dict[str, Any]) -> str:
+        try:
+            await read_all(doc["content"])
+        except MultipartFileError:
+            pass  # ... and carry on as if nothing happened
+        try:
+            await anyio.sleep_forever()
+        finally:
+            cancelled.set()
+        return "unreachable"
+
+    upload_ = Upload([file_head("doc", "d"), CHUNK, CHUNK], leave_after=3, more=True)
+    start = anyio.current_time()
+    async with lifespan(app, running=sweeper):
+        await upload_.run(app, upload_scope())
+    assert (cancelled.is_set(), upload_.messages) == (True, [])
+    assert anyio.current_time() - start < DISCONNECT_GRACE + 1.0
+
+
+@pytest.mark.anyio
 async def test_cancellation_from_outside_propagates() -> None:
     app = make_app()
     started = anyio.Event()
@@ -792,30 +997,51 @@ async def test_cancellation_from_outside_propagates() -> None:
 # --- UploadStream on its own ------------------------------------------------------------------
 
 
+class FakeForm:
+    """An ``UploadStream``'s source that delivers the next of ``pieces`` on each pull."""
+
+    def __init__(self, stream_pieces: list[bytes | None]) -> None:
+        self.pieces = stream_pieces
+        self.pulls = 0
+        self.ended = False
+        self.stream = UploadStream(self)
+
+    async def pull(self) -> None:
+        self.pulls += 1
+        piece = self.pieces.pop(0)
+        if piece is None:
+            self.stream._finish()
+        else:
+            self.stream._put(piece)
+
+
 @pytest.mark.anyio
 async def test_upload_stream_queue_compatibility() -> None:
-    wakes: list[int] = []
-    stream = UploadStream(lambda: wakes.append(1))
+    form = FakeForm([b"c", None])
+    stream = form.stream
     assert stream.empty()
     assert stream.qsize() == 0
     with pytest.raises(anyio.WouldBlock):
         stream.get_nowait()
     stream._put(b"a")
     stream._put(b"b")
-    assert (stream.qsize(), stream.buffered) == (2, 2)
+    assert stream.qsize() == 2
     assert stream.get_nowait() == b"a"
-    assert await stream.get() == b"b"
-    stream._finish()
+    assert (await stream.get(), form.pulls) == (b"b", 0)  # buffered: nothing read
+    assert (await stream.get(), form.pulls) == (b"c", 1)  # empty: the reader pulls
+    assert (await stream.get(), form.pulls) == (None, 2)
     stream._abort(RuntimeError("too late"))  # a complete file stays complete
-    assert (await stream.get(), stream.get_nowait(), len(wakes)) == (None, None, 2)
+    assert (await stream.get(), stream.get_nowait(), stream.empty()) == (None, None, False)
 
-    broken = UploadStream(lambda: None)
+    broken = FakeForm([]).stream
     broken._put(b"partial")
     cause = RuntimeError("cut")
     broken._abort(cause)
     with pytest.raises(MultipartFileError) as info:
         await broken.get()
     assert info.value.cause is cause
+    with pytest.raises(MultipartFileError):
+        broken.get_nowait()
 
 
 # --- chunking never changes the result (B13) --------------------------------------------------

@@ -350,7 +350,7 @@ async def test_concurrent_large_uploads_to_handlers_that_do_not_read_stay_bounde
                 release.set()
     finally:
         tracemalloc.stop()
-    assert max(held) <= MiB  # FILE_BUFFER_SIZE and a few chunks
+    assert max(held) == len(file_head("big", "b"))  # binding read the headers, then nothing
     assert peak < 40 * MiB, f"peak {peak / MiB:.1f} MiB"
     assert [(one.status, one.body) for one in uploads] == [(200, b"not read")] * count
 
