@@ -35,6 +35,9 @@ import statistics
 import subprocess
 import sys
 import time
+from array import array
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,8 @@ ROOT = Path(__file__).absolute().parent.parent
 sys.path.insert(0, str(ROOT))
 
 # --- the apps under test (imported by the server subprocess) -------------------------------
+
+import anyio  # noqa: E402
 
 from micropie import App  # noqa: E402
 from micropie.broadcast import Broadcast  # noqa: E402
@@ -54,6 +59,12 @@ broadcast = Broadcast(
 )
 
 
+#: Server-side latency of each "latency" delivery: from the publisher's send (the time in the
+#: payload) to the return of the subscriber's ``send_text``. An ``array`` of floats, so the
+#: trace adds no objects for the garbage collector (about 1 µs per delivery).
+TRACE = array("d")
+
+
 class FanoutApp(App):
     async def ws_sub(self, ws: Any) -> None:
         await ws.accept()
@@ -61,6 +72,15 @@ class FanoutApp(App):
             await ws.send_text("ready")
             async for message in messages:
                 await ws.send_text(message.data)
+                sent, _, kind = message.data.partition(" ")
+                if kind == "latency":
+                    TRACE.append(time.time() - float(sent))
+
+    async def trace(self) -> str:
+        """The server-side latencies recorded since the last call (then forgotten)."""
+        values = TRACE.tolist()
+        del TRACE[:]
+        return json.dumps(values)
 
     async def ws_pub(self, ws: Any) -> None:
         await ws.accept()
@@ -71,8 +91,69 @@ class FanoutApp(App):
 app = FanoutApp(lifespan=broadcast.lifespan)
 
 
+#: The raw baseline's subscribers: the ASGI ``send`` of each subscribed connection.
+_raw_subscribers: set[Any] = set()
+
+
+async def raw_app(scope: Any, receive: Any, send: Any) -> None:
+    """The floor: plain ASGI, no framework, the publisher's task sends to every subscriber
+    itself (no queue, no task wake-up per subscriber). What hypercorn alone costs."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            kind = message["type"].rpartition(".")[2]
+            await send({"type": f"lifespan.{kind}.complete"})
+            if kind == "shutdown":
+                return
+    if scope["type"] != "websocket":
+        await send({"type": "http.response.start", "status": 404, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    await receive()  # websocket.connect
+    await send({"type": "websocket.accept"})
+    if scope["path"] == "/sub":
+        _raw_subscribers.add(send)
+        try:
+            await send({"type": "websocket.send", "text": "ready"})
+            while (await receive())["type"] != "websocket.disconnect":
+                pass
+        finally:
+            _raw_subscribers.discard(send)
+        return
+    while (message := await receive())["type"] != "websocket.disconnect":
+        text = message.get("text") or ""
+        frame = {"type": "websocket.send", "text": text}
+        for subscriber in list(_raw_subscribers):
+            await subscriber(frame)
+        await broadcast.publish(CHANNEL, text)  # for raw_broadcast_app
+
+
+async def raw_broadcast_app(scope: Any, receive: Any, send: Any) -> None:
+    """Plain ASGI on ``broadcast``: each subscriber's own task receives from its subscription
+    and sends, as in micropie, but without micropie's ``WebSocket``. The gap to ``raw_app``
+    is what the broadcast (queue, wake-up, task switch) costs; the gap from here to ``app``
+    is the ``WebSocket`` send path."""
+    if scope["type"] != "websocket" or scope["path"] != "/sub":
+        await raw_app(scope, receive, send)
+        return
+    await receive()  # websocket.connect
+    await send({"type": "websocket.accept"})
+    async with anyio.create_task_group() as task_group:
+
+        async def forward() -> None:
+            async with broadcast.subscribe(CHANNEL) as messages:
+                await send({"type": "websocket.send", "text": "ready"})
+                async for message in messages:
+                    await send({"type": "websocket.send", "text": message.data})
+
+        task_group.start_soon(forward)
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
+        task_group.cancel_scope.cancel()
+
+
 def socketio_app() -> Any:
-    import socketio
+    import socketio  # type: ignore[import-untyped]
 
     sio = socketio.AsyncServer(async_mode="asgi", logger=False, engineio_logger=False)
 
@@ -149,40 +230,71 @@ def start_redis() -> tuple[subprocess.Popen[bytes], str]:
 # --- clients -------------------------------------------------------------------------------
 
 
+def process_cpu_ns(pid: int) -> int:
+    """On-CPU nanoseconds of all threads of ``pid`` (``/proc/<pid>/task/*/schedstat``)."""
+    total = 0
+    for schedstat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        try:
+            total += int(schedstat.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
 @dataclass
 class Result:
     name: str
     clients: int
     latencies: list[float] = field(default_factory=list)
+    server_latencies: list[float] = field(default_factory=list)
     rate: float = 0.0
     lost: int = 0
+    server_us: float | None = None  # server CPU per delivery (latency phase)
+    client_us: float | None = None  # client process CPU per delivery (latency phase)
+
+    def percentiles(self, values: list[float]) -> tuple[float, float]:
+        ordered = sorted(values)
+        p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+        return statistics.median(ordered) * 1000, p99 * 1000
 
     def row(self) -> str:
+        def us(value: float | None) -> str:
+            return "–" if value is None else f"{value:.1f}"
+
         if not self.latencies:
-            return f"| {self.name} | {self.clients} | – | – | – | {self.lost} |"
-        ordered = sorted(self.latencies)
-        p50 = statistics.median(ordered) * 1000
-        p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
+            return f"| {self.name} | {self.clients} | – | – | – | – | – | – | {self.lost} |"
+        p50, p99 = self.percentiles(self.latencies)
+        server = "–"
+        if self.server_latencies:
+            server = "{:.1f} / {:.1f}".format(*self.percentiles(self.server_latencies))
         return (
-            f"| {self.name} | {self.clients} | {p50:.1f} | {p99:.1f} | {self.rate:,.0f} "
-            f"| {self.lost} |"
+            f"| {self.name} | {self.clients} | {p50:.1f} | {p99:.1f} | {server} "
+            f"| {us(self.server_us)} | {us(self.client_us)} | {self.rate:,.0f} | {self.lost} |"
         )
 
 
+HEADER = (
+    "| setup | clients | p50 ms | p99 ms | server-side p50 / p99 ms | server µs/delivery "
+    "| client µs/delivery | deliveries/s | lost in burst |\n|---|---|---|---|---|---|---|---|---|"
+)
+
+
 class Protocol:
-    """How a client subscribes and how messages look, for micropie and for socket.io."""
+    """How a client subscribes and how messages look: micropie and raw, or socket.io."""
 
     def __init__(self, kind: str, port: int) -> None:
         self.kind = kind
-        base = f"ws://127.0.0.1:{port}"
-        if kind == "micropie":
-            self.sub_url, self.pub_url = f"{base}/sub", f"{base}/pub"
+        self.port = port
+        if kind != "socketio":
+            self.sub_path, self.pub_path = "/sub", "/pub"
         else:
-            url = f"{base}/socket.io/?EIO=4&transport=websocket"
-            self.sub_url = self.pub_url = url
+            self.sub_path = self.pub_path = "/socket.io/?EIO=4&transport=websocket"
+
+    def url(self, path: str) -> str:
+        return f"ws://127.0.0.1:{self.port}{path}"
 
     async def handshake(self, ws: Any) -> None:
-        if self.kind == "micropie":
+        if self.kind != "socketio":
             return
         await ws.recv()  # engine.io open packet
         await ws.send("40")  # connect to the default namespace
@@ -191,77 +303,266 @@ class Protocol:
 
     async def subscribed(self, ws: Any) -> None:
         await self.handshake(ws)
-        if self.kind == "micropie":
+        if self.kind != "socketio":
             assert await ws.recv() == "ready"
 
     def encode(self, payload: str) -> str:
-        return payload if self.kind == "micropie" else "42" + json.dumps(["pub", payload])
+        return payload if self.kind != "socketio" else "42" + json.dumps(["pub", payload])
 
-    async def next_payload(self, ws: Any) -> str:
+    def payload(self, frame: str, ws: Any) -> str | None:
+        """The benchmark payload in ``frame``, or ``None`` (answering engine.io pings)."""
+        if self.kind != "socketio":
+            return frame
+        if frame == "2":  # engine.io ping
+            ws.send_nowait("3")
+        elif frame.startswith("42"):
+            return str(json.loads(frame[2:])[1])
+        return None
+
+
+class LeanClient(asyncio.Protocol):
+    """A minimal WebSocket client on a raw asyncio ``Protocol``.
+
+    Why: 1,000 ``websockets`` connections in one Python process spend tens of µs of client
+    CPU per message (a task wake-up, a frame parser and a queue per connection); on a 2-core
+    machine shared with the server that client cost is most of the measured latency. This
+    client does the HTTP upgrade, parses the server's unmasked frames straight from
+    ``data_received`` and calls ``on_text`` (with the arrival time) there: a few µs per
+    message, so the numbers are mostly the server's. Supports text frames, ping, close; no
+    extensions, no fragmentation (the servers under test send neither).
+    """
+
+    def __init__(self, path: str, port: int) -> None:
+        self._request = (
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+        self._buffer = bytearray()
+        self._upgraded = False
+        self._transport: asyncio.Transport | None = None
+        self.open = asyncio.get_running_loop().create_future()
+        self.closed = asyncio.get_running_loop().create_future()
+        self._inbox: asyncio.Queue[str] = asyncio.Queue()
+        #: Called with (text, arrival time) for each text message; until set, ``recv`` works.
+        self.on_text: Any = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        transport.write(self._request)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.open.done():
+            self.open.set_exception(ConnectionError("connection lost during the upgrade"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time()
+        buffer = self._buffer
+        buffer += data
+        if not self._upgraded:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if not buffer.startswith(b"HTTP/1.1 101"):
+                self.open.set_exception(ConnectionError(bytes(buffer[:end]).decode()))
+                return
+            del buffer[: end + 4]
+            self._upgraded = True
+            self.open.set_result(None)
+        position = 0
+        size = len(buffer)
+        while size - position >= 2:
+            length = buffer[position + 1] & 0x7F
+            start = position + 2
+            if length == 126:
+                start += 2
+                length = int.from_bytes(buffer[position + 2 : start], "big")
+            elif length == 127:
+                start += 8
+                length = int.from_bytes(buffer[position + 2 : start], "big")
+            if size < start + length:
+                break
+            opcode = buffer[position] & 0x0F
+            payload = bytes(buffer[start : start + length])
+            position = start + length
+            if opcode == 1:
+                text = payload.decode()
+                if self.on_text is not None:
+                    self.on_text(text, now)
+                else:
+                    self._inbox.put_nowait(text)
+            elif opcode == 9:
+                self._write(0xA, payload)
+            elif opcode == 8 and self._transport is not None:
+                self._transport.close()
+        del buffer[:position]
+
+    def _write(self, opcode: int, payload: bytes) -> None:
+        """Send one masked frame (clients must mask; the key is random per frame)."""
+        assert self._transport is not None
+        key = os.urandom(4)
+        header = bytearray([0x80 | opcode])
+        if len(payload) < 126:
+            header.append(0x80 | len(payload))
+        elif len(payload) < 1 << 16:
+            header += bytes([0x80 | 126]) + len(payload).to_bytes(2, "big")
+        else:
+            header += bytes([0x80 | 127]) + len(payload).to_bytes(8, "big")
+        mask = int.from_bytes(key * (len(payload) // 4 + 1), "big") >> (8 * (4 - len(payload) % 4))
+        masked = (int.from_bytes(payload, "big") ^ mask).to_bytes(len(payload), "big")
+        self._transport.write(bytes(header) + key + masked)
+
+    def send_nowait(self, text: str) -> None:
+        self._write(0x1, text.encode())
+
+    async def send(self, text: str) -> None:
+        self.send_nowait(text)
+
+    async def recv(self) -> str:
+        return await self._inbox.get()
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
+@asynccontextmanager
+async def lean_connect(protocol: Protocol, path: str) -> AsyncIterator[LeanClient]:
+    loop = asyncio.get_running_loop()
+    _, client = await loop.create_connection(
+        lambda: LeanClient(path, protocol.port), "127.0.0.1", protocol.port
+    )
+    try:
+        await asyncio.wait_for(client.open, 10)
+        yield client
+    finally:
+        client.close()
+
+
+class WebsocketsClient:
+    """The ``websockets`` library, one task per connection (the original client)."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.on_text: Any = None
+        self._loop = asyncio.get_running_loop()
+
+    async def recv(self) -> str:
+        return str(await self.ws.recv())
+
+    async def send(self, text: str) -> None:
+        await self.ws.send(text)
+
+    def send_nowait(self, text: str) -> None:
+        self._loop.create_task(self.ws.send(text))
+
+    async def pump(self) -> None:
         while True:
-            frame = await ws.recv()
-            if self.kind == "micropie":
-                return str(frame)
-            if frame == "2":  # engine.io ping
-                await ws.send("3")
-            elif frame.startswith("42"):
-                return str(json.loads(frame[2:])[1])
+            text = await self.ws.recv()
+            self.on_text(text, time.time())
 
 
-async def measure(name: str, protocol: Protocol, clients: int, messages: int, burst: int) -> Result:
+@asynccontextmanager
+async def websockets_connect(protocol: Protocol, path: str) -> AsyncIterator[WebsocketsClient]:
     import websockets
 
+    async with websockets.connect(protocol.url(path), max_queue=None) as ws:
+        client = WebsocketsClient(ws)
+        yield client
+
+
+async def measure(
+    name: str,
+    protocol: Protocol,
+    clients: int,
+    messages: int,
+    burst: int,
+    client_kind: str,
+    server_pid: int,
+) -> Result:
+    """Connect ``clients`` subscribers and one publisher; measure latency, then a burst."""
     result = Result(name, clients)
-    expected = 0
-    received = 0
+    connect = lean_connect if client_kind == "lean" else websockets_connect
+    counts = {"expected": 0, "received": 0}
     all_in = asyncio.Event()
 
-    async def client() -> None:
-        nonlocal received
-        async with websockets.connect(protocol.sub_url, max_queue=None) as ws:
+    def delivered(payload: str, arrived: float) -> None:
+        sent, kind = payload.split(" ", 1)
+        if kind == "latency":
+            result.latencies.append(arrived - float(sent))
+        counts["received"] += 1
+        if counts["received"] >= counts["expected"]:
+            all_in.set()
+
+    async def subscriber(ready: asyncio.Semaphore) -> None:
+        async with connect(protocol, protocol.sub_path) as ws:
             await protocol.subscribed(ws)
+
+            def on_text(text: str, arrived: float) -> None:
+                payload = protocol.payload(text, ws)
+                if payload is not None:
+                    delivered(payload, arrived)
+
+            ws.on_text = on_text
             ready.release()
-            while True:
-                payload = await protocol.next_payload(ws)
-                sent = float(payload.split(" ", 1)[0])
-                if not payload.endswith("burst"):
-                    result.latencies.append(time.time() - sent)
-                received += 1
-                if received >= expected:
-                    all_in.set()
+            if isinstance(ws, WebsocketsClient):
+                await ws.pump()
+            else:
+                await ws.closed
 
     ready = asyncio.Semaphore(0)
     tasks = []
     for _ in range(clients):
-        tasks.append(asyncio.create_task(client()))
+        tasks.append(asyncio.create_task(subscriber(ready)))
         await asyncio.sleep(0)  # let the server keep up with the handshakes
     for _ in range(clients):
         await asyncio.wait_for(ready.acquire(), 30)
-    async with websockets.connect(protocol.pub_url) as publisher:
+    async with connect(protocol, protocol.pub_path) as publisher:
         await protocol.handshake(publisher)
+        await fetch_server_trace(protocol)  # forget the handshakes
+        cpu_server, cpu_client = process_cpu_ns(server_pid), time.process_time()
         for number in range(messages):
             all_in.clear()
-            expected = (number + 1) * clients
+            counts["expected"] = (number + 1) * clients
             await publisher.send(protocol.encode(f"{time.time()} latency"))
             try:
                 await asyncio.wait_for(all_in.wait(), 10)
             except TimeoutError:
                 break
+        deliveries = max(counts["received"], 1)
+        result.server_us = (process_cpu_ns(server_pid) - cpu_server) / 1000 / deliveries
+        result.client_us = (time.process_time() - cpu_client) * 1e6 / deliveries
+        result.server_latencies = await fetch_server_trace(protocol)
         all_in.clear()
         start = time.perf_counter()
-        received, expected = 0, burst * clients
+        counts["received"], counts["expected"] = 0, burst * clients
         for _ in range(burst):
             await publisher.send(protocol.encode(f"{time.time()} burst"))
         try:
             await asyncio.wait_for(all_in.wait(), 60)
         except TimeoutError:
             pass
-        result.rate = received / (time.perf_counter() - start)
-        result.lost = burst * clients - received
+        result.rate = counts["received"] / (time.perf_counter() - start)
+        result.lost = burst * clients - counts["received"]
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     return result
+
+
+async def fetch_server_trace(protocol: Protocol) -> list[float]:
+    """The server-side latencies the micropie app recorded since the last call (and reset)."""
+    if protocol.kind != "micropie":
+        return []
+    reader, writer = await asyncio.open_connection("127.0.0.1", protocol.port)
+    writer.write(b"GET /trace HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    response = await reader.read()
+    writer.close()
+    body = response.partition(b"\r\n\r\n")[2]
+    return [float(value) for value in json.loads(body)]
 
 
 # --- in process: the broadcast alone, no sockets --------------------------------------------
@@ -315,7 +616,17 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=50, help="latency samples per client")
     parser.add_argument("--burst", type=int, default=100, help="messages in the throughput burst")
     parser.add_argument("--quick", action="store_true", help="10 messages, burst of 20")
+    parser.add_argument(
+        "--client",
+        choices=["lean", "websockets"],
+        default="lean",
+        help="lean: raw asyncio protocol (default); websockets: the websockets library",
+    )
+    parser.add_argument("--workers", default="asyncio,trio", help="hypercorn workers to run")
+    parser.add_argument("--backends", default="memory,redis", help="broadcast backends to run")
     parser.add_argument("--no-socketio", action="store_true")
+    parser.add_argument("--no-raw", action="store_true", help="skip the raw ASGI baseline")
+    parser.add_argument("--no-inprocess", action="store_true", help="skip the in-process rows")
     parser.add_argument(
         "--inprocess-only", action="store_true", help="only the broadcast itself, no sockets"
     )
@@ -323,13 +634,16 @@ def main() -> None:
     if args.quick:
         args.messages, args.burst = 10, 20
     counts = [int(n) for n in args.clients.split(",")]
+    workers = args.workers.split(",")
     redis, redis_url = start_redis()
+    backends = [
+        (backend, {"memory": "memory://", "redis": redis_url}[backend])
+        for backend in args.backends.split(",")
+    ]
     results: list[Result] = []
     try:
-        import anyio
-
-        for worker in ("asyncio", "trio"):
-            for backend, url in (("memory", "memory://"), ("redis", redis_url)):
+        for worker in [] if args.no_inprocess else workers:
+            for backend, url in backends:
                 for count in counts:
                     result = anyio.run(
                         measure_inprocess, url, count, args.messages, args.burst, backend=worker
@@ -339,12 +653,32 @@ def main() -> None:
                     results.append(result)
         if args.inprocess_only:
             return
-        setups = [
-            (f"micropie {backend} {worker}", "benchmarks.fanout:app", worker, url, "micropie")
-            for worker in ("asyncio", "trio")
-            for backend, url in (("memory", "memory://"), ("redis", redis_url))
-        ]
-        if not args.no_socketio:
+        setups = []
+        for worker in workers:
+            if not args.no_raw:
+                setups.append(
+                    (f"raw ASGI {worker}", "benchmarks.fanout:raw_app", worker, "", "raw")
+                )
+                setups.append(
+                    (
+                        f"raw ASGI + broadcast {worker}",
+                        "benchmarks.fanout:raw_broadcast_app",
+                        worker,
+                        "",
+                        "raw",
+                    )
+                )
+            for backend, url in backends:
+                setups.append(
+                    (
+                        f"micropie {backend} {worker}",
+                        "benchmarks.fanout:app",
+                        worker,
+                        url,
+                        "micropie",
+                    )
+                )
+        if not args.no_socketio and "asyncio" in workers:
             setups.append(
                 ("python-socketio asyncio", "benchmarks.fanout:sio_app", "asyncio", "", "socketio")
             )
@@ -353,7 +687,17 @@ def main() -> None:
                 server = Server(target, worker, {"FANOUT_BROADCAST_URL": url} if url else {})
                 try:
                     protocol = Protocol(kind, server.port)
-                    result = asyncio.run(measure(name, protocol, count, args.messages, args.burst))
+                    result = asyncio.run(
+                        measure(
+                            f"{name} ({args.client} client)",
+                            protocol,
+                            count,
+                            args.messages,
+                            args.burst,
+                            args.client,
+                            server.process.pid,
+                        )
+                    )
                 finally:
                     server.stop()
                 print(result.row(), flush=True)
@@ -366,8 +710,7 @@ def main() -> None:
 
 def report(results: list[Result]) -> None:
     print()
-    print("| setup | clients | p50 ms | p99 ms | deliveries/s | lost in burst |")
-    print("|---|---|---|---|---|---|")
+    print(HEADER)
     for result in results:
         print(result.row())
 
