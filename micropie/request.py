@@ -92,6 +92,15 @@ def parse_cookies(header: str) -> dict[str, str]:
     return cookies
 
 
+#: Request attributes made on first use, and the scope keys a parent app may pass them in.
+_MADE_ON_FIRST_USE = {
+    "body_params": "body_params",
+    "files": "files",
+    "session": "session",
+    "_json": "json_body",
+}
+
+
 class Request:
     """An HTTP request: what the client sent, plus the session and the parsed body.
 
@@ -109,15 +118,30 @@ class Request:
     _query_params: dict[str, list[str]] | None = None
     _cookies: dict[str, str] | None = None
 
+    # Made on first use (``__getattr__``): most requests never touch most of them, and an
+    # open WebSocket keeps its request for as long as it lives.
+    body_params: dict[str, list[str]]
+    files: dict[str, Any]
+    session: dict[str, Any]
+    _json: Any
+
     def __init__(self, scope: Scope) -> None:
         self.scope = scope
         self.method: str = scope.get("method", "")
         self.path_params: list[str] = []
-        self.body_params: dict[str, list[str]] = scope.get("body_params", {})
-        self.files: dict[str, Any] = scope.get("files", {})
-        self.session: dict[str, Any] = scope.get("session", {})
         self.body_parsed: bool = scope.get("body_parsed", False)
-        self._json: Any = scope.get("json_body", {})
+
+    def __getattr__(self, name: str) -> Any:
+        """``body_params``, ``files``, ``session`` and the JSON body, on first use: what a
+        parent app put in the scope for a sub-app, or else empty."""
+        key = _MADE_ON_FIRST_USE.get(name)
+        if key is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        value = self.scope.get(key)
+        if value is None:
+            value = {}
+        self.__dict__[name] = value
+        return value
 
     @property
     def path(self) -> str:
@@ -160,9 +184,16 @@ class Request:
     @property
     def cookies(self) -> dict[str, str]:
         if self._cookies is None:
-            header = self.headers.get("cookie")
+            header = self.headers.get("cookie") if self._may_have_cookies() else None
             self._cookies = parse_cookies(header) if header else {}
         return self._cookies
+
+    def _may_have_cookies(self) -> bool:
+        """False when the raw headers have no ``Cookie``: then ``headers`` need not be built
+        (sessions look for their cookie on every request and every WebSocket connection)."""
+        if self._headers is not None:
+            return True
+        return any(name.lower() == b"cookie" for name, _ in self.scope.get("headers", ()))
 
     def query(self, name: str, default: Any = None) -> Any:
         """The first value of query parameter ``name``, or ``default``."""

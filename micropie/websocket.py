@@ -87,6 +87,10 @@ DISCONNECT_GRACE = 0.5
 #: server from reading the socket instead of buffering without bound.
 INBOX_SIZE = 8
 
+#: Sends in a row without a read after which a send yields to the event loop first (see
+#: ``WebSocket._send_frame``).
+SENDS_BETWEEN_CHECKPOINTS = 8
+
 #: Seconds allowed for sending close 1001 when the server shuts the connection down.
 SHUTDOWN_CLOSE_TIMEOUT = 1.0
 
@@ -474,12 +478,14 @@ class WebSocket:
             raise self._connection_closed() from exc
 
     async def _send_frame(self, message: Message) -> None:
-        if self._sends_since_read:
+        if self._sends_since_read >= SENDS_BETWEEN_CHECKPOINTS:
             # A server's send() need not yield: hypercorn drops sends to a client that left
             # without a checkpoint. A handler that only sends would spin, starve the event loop
-            # and never learn that the client left, so a send that follows a send yields first
-            # (the pump or the server can then report the disconnect). Handlers that read
-            # between sends (echo, chat) pay nothing: their reads yield.
+            # and never learn that the client left, so every so many sends in a row without a
+            # read yield once (the pump or the server can then report the disconnect). Not
+            # every one: a push handler usually waits elsewhere between sends (a broadcast, a
+            # timer), and a checkpoint per message cost fan-out a task switch per delivery.
+            self._sends_since_read = 0
             await anyio.lowlevel.checkpoint()
         gate = self._send_gate
         if gate.held:

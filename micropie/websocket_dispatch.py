@@ -24,6 +24,7 @@ import logging
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
+from weakref import WeakKeyDictionary
 
 from . import routing
 from .request import WebSocketRequest, current_request
@@ -61,8 +62,7 @@ async def serve_websocket(app: App, scope: Scope, receive: Receive, send: Send) 
     whose session is unknown is replaced the same way (fixation defence). The session is saved
     after the handler and ``after_websocket`` (deleted when emptied), not after an error.
     """
-    first = await receive()
-    if first.get("type") == "websocket.disconnect":
+    if (await receive()).get("type") == "websocket.disconnect":
         return  # the client left during the handshake
     request = WebSocketRequest(scope)
     token = current_request.set(request)
@@ -75,7 +75,7 @@ async def serve_websocket(app: App, scope: Scope, receive: Receive, send: Send) 
                 receive,
                 send,
                 session_cookie_secure=app.session_cookie_secure,
-                session_id_validator=partial(checked_session_id, app),
+                session_id_validator=_session_id_checker(app),
                 scope=scope,
                 request=request,
             )
@@ -96,6 +96,7 @@ async def serve_websocket(app: App, scope: Scope, receive: Receive, send: Send) 
             ws._max_message_size = getattr(app, "ws_max_message_size", DEFAULT_MAX_MESSAGE_SIZE)
             async with ws._lifetime(app._sweeper):
                 result = handler(*args, **kwargs)
+                del args, kwargs  # this frame lives as long as the connection
                 if inspect.isawaitable(result):
                     await result
         except Exception as error:
@@ -119,6 +120,17 @@ async def _after_handler(
     if not failed:
         failed = not await _save_session(app, request, ws, state)
     await ws._finish(failed)
+
+
+#: One session-id checker per app, shared by its connections (``WebSocket.session_id_validator``).
+_SESSION_ID_CHECKERS: WeakKeyDictionary[App, Callable[[str], str | None]] = WeakKeyDictionary()
+
+
+def _session_id_checker(app: App) -> Callable[[str], str | None]:
+    checker = _SESSION_ID_CHECKERS.get(app)
+    if checker is None:
+        checker = _SESSION_ID_CHECKERS[app] = partial(checked_session_id, app)
+    return checker
 
 
 # --- the steps ----------------------------------------------------------------------------
@@ -172,10 +184,9 @@ def _bind(
     if not plan.parameters:
         raise Refused(1011, "WebSocket handler must accept a connection argument")
     first, *rest = plan.parameters
-    query = request.query_params
 
     def from_query(name: str) -> Any:
-        values = query.get(name)
+        values = request.query_params.get(name)
         return values[0] if values else routing.MISSING
 
     try:
@@ -189,7 +200,7 @@ def _bind(
     else:
         args.insert(0, ws)
     if plan.var_keyword:
-        for name, values in query.items():
+        for name, values in request.query_params.items():
             if values and name not in used and name != first.name and name not in kwargs:
                 kwargs[name] = values[0]
     return args, kwargs
