@@ -7,7 +7,7 @@ The steps, in order (the connection's own lifetime is ``websocket.WebSocket``'s 
    (the ``WebSocket`` first, whatever its name; then path segment → query → default). A refusal
    is a ``websocket.close`` before accept, which hypercorn turns into an HTTP 403: its code and
    reason (MicroPie's) only reach in-process clients.
-2. **The handler** runs with the connection's pump beside it (``WebSocket._serve``).
+2. **The handler** runs in this frame, inside ``async with ws._lifetime(...)`` (see ``websocket``).
 3. **After the handler.** ``after_websocket`` runs (also after ``ConnectionClosed`` and after
    errors), then the session is saved unless the handler failed, then the connection is closed
    if the handler left it open: 1000 after a normal return, 1011 ``Internal server error``
