@@ -8,10 +8,12 @@ parsed on first use, so a request that never looks at them never pays for them.
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 from urllib.parse import parse_qs
 
 from .types import Scope
+
+_V = TypeVar("_V")
 
 __all__ = ["Headers", "Request", "WebSocketRequest", "current_request", "parse_urlencoded"]
 
@@ -92,13 +94,32 @@ def parse_cookies(header: str) -> dict[str, str]:
     return cookies
 
 
-#: Request attributes made on first use, and the scope keys a parent app may pass them in.
-_MADE_ON_FIRST_USE = {
-    "body_params": "body_params",
-    "files": "files",
-    "session": "session",
-    "_json": "json_body",
-}
+class _MadeOnFirstUse(Generic[_V]):
+    """A request attribute that is a dict made on first use: what a parent app put in the
+    scope under ``key`` for a sub-app, or else an empty dict.
+
+    Most requests never touch most of these, and an open WebSocket keeps its request for as
+    long as it lives. A non-data descriptor: once made (or assigned), the value sits in the
+    instance's ``__dict__`` and is found there directly, at no cost.
+    """
+
+    __slots__ = ("key", "name")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, request: Request | None, owner: type | None = None) -> _V:
+        if request is None:
+            raise AttributeError(self.name)
+        value = request.scope.get(self.key)
+        if value is None:
+            value = {}
+        request.__dict__[self.name] = value
+        return cast(_V, value)
 
 
 class Request:
@@ -118,30 +139,16 @@ class Request:
     _query_params: dict[str, list[str]] | None = None
     _cookies: dict[str, str] | None = None
 
-    # Made on first use (``__getattr__``): most requests never touch most of them, and an
-    # open WebSocket keeps its request for as long as it lives.
-    body_params: dict[str, list[str]]
-    files: dict[str, Any]
-    session: dict[str, Any]
-    _json: Any
+    body_params: _MadeOnFirstUse[dict[str, list[str]]] = _MadeOnFirstUse("body_params")
+    files: _MadeOnFirstUse[dict[str, Any]] = _MadeOnFirstUse("files")
+    session: _MadeOnFirstUse[dict[str, Any]] = _MadeOnFirstUse("session")
+    _json: _MadeOnFirstUse[Any] = _MadeOnFirstUse("json_body")
 
     def __init__(self, scope: Scope) -> None:
         self.scope = scope
         self.method: str = scope.get("method", "")
         self.path_params: list[str] = []
         self.body_parsed: bool = scope.get("body_parsed", False)
-
-    def __getattr__(self, name: str) -> Any:
-        """``body_params``, ``files``, ``session`` and the JSON body, on first use: what a
-        parent app put in the scope for a sub-app, or else empty."""
-        key = _MADE_ON_FIRST_USE.get(name)
-        if key is None:
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        value = self.scope.get(key)
-        if value is None:
-            value = {}
-        self.__dict__[name] = value
-        return value
 
     @property
     def path(self) -> str:
