@@ -15,12 +15,9 @@ from micropie.testing import (
     AppOutlivedClientError,
     ASGIProtocolError,
     LifespanError,
-    Message,
-    Receive,
-    Scope,
-    Send,
     TestClient,
 )
+from micropie.types import Message, Receive, Scope, Send
 
 pytestmark = pytest.mark.anyio
 

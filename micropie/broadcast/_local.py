@@ -1,0 +1,260 @@
+"""Fan-out inside one process: messages, subscriptions, and the channels that wake readers.
+
+``_Hub`` holds the local channels; each ``_Channel`` holds its subscribers and delivers to
+them without ever waiting, waking parked readers a window at a time. Every backend delivers
+through the hub: the memory backend directly, the Redis backend from its reader task.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Literal
+
+import anyio
+import anyio.lowlevel
+
+from ._errors import BroadcastError, SlowSubscriber, SubscriptionClosed
+
+#: What to do when a subscriber's queue is full (see the ``micropie.broadcast`` docstring).
+Overflow = Literal["drop_oldest", "disconnect"]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One published message: the channel it was published on and its text."""
+
+    channel: str
+    data: str
+
+
+class Subscription:
+    """A subscriber's bounded queue of messages on one channel; read it with ``async for``.
+
+    Made by ``Broadcast.subscribe``; valid only inside that block.
+
+    Not an anyio memory object stream, for two reasons found by measuring 1,000 subscribers
+    (see the Performance section of docs/broadcast.md): a memory stream allocates an
+    ``Event`` and a receiver record per waiting reader per message, which kept the garbage
+    collector busy; and the wake-ups are better paced by the channel (``_Channel``) than all
+    at once. Here a delivery is a ``deque.append``; a reader with nothing to read parks on
+    its own semaphore, made once and reused, and the channel wakes it.
+    """
+
+    __slots__ = (
+        "_channel",
+        "_closed",
+        "_overflowed",
+        "_queue",
+        "_wakeup",
+        "_woken",
+        "channel",
+        "dropped",
+        "overflow",
+        "queue_size",
+    )
+
+    def __init__(self, channel: _Channel, queue_size: int, overflow: Overflow) -> None:
+        self.channel = channel.name
+        self.queue_size = queue_size
+        self.overflow: Overflow = overflow
+        #: Messages dropped because this subscriber did not keep up (``"drop_oldest"``).
+        self.dropped = 0
+        self._channel = channel
+        self._queue: deque[Message] = deque()
+        self._closed = False  # nothing more will be delivered
+        self._overflowed = False
+        self._wakeup: anyio.Semaphore | None = None  # made by the first wait
+        self._woken = False  # the channel released _wakeup for the current wait
+
+    @property
+    def queued(self) -> int:
+        """Messages delivered and not read yet (never more than ``queue_size``)."""
+        return len(self._queue)
+
+    def _overflow(self, message: Message) -> int:
+        """``message`` arrives and the queue is full (or closed); 1 if a message was dropped."""
+        if self._closed:
+            return 0
+        if self.overflow == "disconnect":
+            self._overflowed = True
+            self._close(discard=True)
+            return 0
+        self._queue.popleft()
+        self._queue.append(message)
+        self.dropped += 1
+        return 1
+
+    def _close(self, *, discard: bool = False) -> None:
+        """No more messages: a reader gets what is queued (unless ``discard``), then the end
+        (``SubscriptionClosed``, or ``SlowSubscriber`` after an overflow, which discards)."""
+        self._closed = True
+        if discard:
+            self._queue.clear()
+        self._channel.wake_closed(self)
+
+    def _closed_error(self) -> BroadcastError:
+        if self._overflowed:
+            return SlowSubscriber(
+                f"subscriber to {self.channel!r} did not keep up: more than "
+                f"{self.queue_size} messages were waiting"
+            )
+        return SubscriptionClosed(f"subscription to {self.channel!r} is closed")
+
+    async def receive(self) -> Message:
+        """The next message, waiting for one.
+
+        Raises ``SlowSubscriber`` after an overflow with ``overflow="disconnect"``, and
+        ``SubscriptionClosed`` once the broadcast shut down and the queue is empty. Like any
+        anyio receive it is always a checkpoint: a subscriber that never runs dry still lets
+        the other tasks run, and can be cancelled.
+        """
+        queue = self._queue
+        if queue:
+            await anyio.lowlevel.checkpoint()
+        while not queue:
+            if self._closed:
+                await anyio.lowlevel.checkpoint()
+                raise self._closed_error()
+            await self._wait()  # the checkpoint
+        return queue.popleft()
+
+    async def _wait(self) -> None:
+        """Park until the channel wakes this reader (a message or a close, usually)."""
+        channel = self._channel
+        wakeup = self._wakeup
+        if wakeup is None:
+            wakeup = self._wakeup = anyio.Semaphore(0)
+        self._woken = False
+        channel.parked.append(self)
+        try:
+            await wakeup.acquire()
+        finally:
+            if self._woken:
+                channel.resumed()  # even if cancelled: pass the wake-up on
+            else:  # cancelled while parked, or a stale release: not counted anywhere
+                with suppress(ValueError):
+                    channel.parked.remove(self)
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Message:
+        """Like ``receive``, but the end of the broadcast ends the iteration quietly."""
+        try:
+            return await self.receive()
+        except SubscriptionClosed:
+            raise StopAsyncIteration from None
+
+
+#: Readers of a channel woken and not yet running, at most (see ``_Channel``).
+WAKE_WINDOW = 32
+
+
+class _Channel:
+    """The local subscribers of one channel, and the readers among them that are parked.
+
+    Delivery appends the message to every subscriber's queue, then wakes the parked readers,
+    but at most ``WAKE_WINDOW`` at a time: each reader woken wakes the next one when it
+    resumes. Why not all at once: on trio each WebSocket send in hypercorn yields halfway, so
+    1,000 readers woken together are 1,000 half-done sends alive at once, tens of thousands
+    of objects that the garbage collector then promotes and walks again and again (full
+    collections of 100+ ms, the whole p99). A window keeps a few dozen alive, costs nothing
+    in throughput, and the last reader is woken no later.
+
+    A reader parks only when its queue is empty and a delivery reaches every subscriber, so
+    the parked readers that have something to read are always a prefix of ``parked``.
+    A woken reader that is cancelled still passes the wake-up on, so nobody is forgotten.
+    The channel exists only while it has subscribers.
+    """
+
+    __slots__ = ("_running", "name", "parked", "subscribers")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.subscribers: dict[Subscription, None] = {}  # a set that keeps join order
+        self.parked: deque[Subscription] = deque()  # readers waiting, in arrival order
+        self._running = 0  # readers woken that have not resumed yet
+
+    def deliver(self, message: Message) -> int:
+        """Queue ``message`` for every subscriber, never waiting; return how many messages
+        were dropped to make room (see ``Subscription._overflow``)."""
+        dropped = 0
+        for subscription in self.subscribers:  # nothing here awaits: the dict cannot change
+            queue = subscription._queue
+            if len(queue) < subscription.queue_size and not subscription._closed:
+                queue.append(message)
+            else:
+                dropped += subscription._overflow(message)
+        self.wake_ready()
+        return dropped
+
+    def wake_ready(self) -> None:
+        """Wake parked readers that have something to read, up to the window."""
+        parked = self.parked
+        while self._running < WAKE_WINDOW and parked:
+            reader = parked[0]
+            if not reader._queue and not reader._closed:
+                return  # parked after the last delivery: nothing for it, nor behind it
+            parked.popleft()
+            self._release(reader)
+
+    def resumed(self) -> None:
+        """A woken reader runs again: its place in the window goes to the next one."""
+        self._running -= 1
+        self.wake_ready()
+
+    def wake_closed(self, reader: Subscription) -> None:
+        """``reader``'s subscription was closed: wake it if it is parked (wherever it is)."""
+        try:
+            self.parked.remove(reader)
+        except ValueError:
+            return  # running, or woken already
+        self._release(reader)
+
+    def _release(self, reader: Subscription) -> None:
+        assert reader._wakeup is not None  # a parked reader made it
+        reader._woken = True
+        self._running += 1
+        reader._wakeup.release()
+
+
+class _Hub:
+    """The local channels, and delivery to their subscribers (never blocks)."""
+
+    def __init__(self) -> None:
+        self._channels: dict[str, _Channel] = {}
+        self.dropped = 0
+
+    def subscribe(self, channel: str, queue_size: int, overflow: Overflow) -> Subscription:
+        found = self._channels.get(channel)
+        if found is None:
+            found = self._channels[channel] = _Channel(channel)
+        subscription = Subscription(found, queue_size, overflow)
+        found.subscribers[subscription] = None
+        return subscription
+
+    def remove(self, subscription: Subscription) -> None:
+        channel = self._channels.get(subscription.channel)
+        if channel is not None and channel is subscription._channel:
+            channel.subscribers.pop(subscription, None)
+            if not channel.subscribers:
+                del self._channels[channel.name]
+
+    def wanted(self, channel: str) -> bool:
+        return channel in self._channels
+
+    def channels(self) -> list[str]:
+        return list(self._channels)
+
+    def deliver(self, channel: str, data: str) -> None:
+        found = self._channels.get(channel)
+        if found is not None:
+            self.dropped += found.deliver(Message(channel, data))
+
+    def close_all(self) -> None:
+        for channel in self._channels.values():
+            for subscription in channel.subscribers:
+                subscription._closed = True
+            channel.wake_ready()  # every parked reader is closed now: a prefix of all

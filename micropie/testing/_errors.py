@@ -1,0 +1,56 @@
+"""The exceptions a test sees from ``TestClient`` when the app under test misbehaves."""
+
+from __future__ import annotations
+
+
+class ASGIProtocolError(RuntimeError):
+    """The app broke the ASGI contract: messages out of order, or no response at all."""
+
+
+class AppOutlivedClientError(RuntimeError):
+    """An app call kept running ``disconnect_timeout`` seconds after its client left.
+
+    The client had been told (``http.disconnect``, or ``lifespan.shutdown`` answered); the call has
+    been cancelled. An ASGI app must return promptly once its client is gone, so this is a bug in
+    the app under test, not in the test.
+    """
+
+
+class LifespanError(RuntimeError):
+    """The app answered ``lifespan.startup.failed`` or ``lifespan.shutdown.failed``."""
+
+    def __init__(self, phase: str, message: str) -> None:
+        super().__init__(f"lifespan {phase} failed" + (f": {message}" if message else ""))
+        self.phase = phase
+        self.message = message
+
+
+class WebSocketRejected(Exception):
+    """The app refused the connection: it sent ``websocket.close`` before accepting.
+
+    ``code`` and ``reason`` are the app's. Over a real server only an HTTP 403 reaches the
+    client; in-process the test sees what the app said.
+    """
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(code, reason)
+        self.code = code
+        self.reason = reason
+
+    def __str__(self) -> str:
+        suffix = f": {self.reason}" if self.reason else ""
+        return f"WebSocket connection rejected with code {self.code}{suffix}"
+
+
+class WebSocketClosed(Exception):
+    """The app closed the connection (``code``, ``reason``): raised by the receive that would
+    have returned the next message, and by sends after it."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(code, reason)
+        self.code = code
+        self.reason = reason
+
+    def __str__(self) -> str:
+        suffix = f": {self.reason}" if self.reason else ""
+        return f"WebSocket connection closed by the app with code {self.code}{suffix}"
