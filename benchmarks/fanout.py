@@ -230,17 +230,6 @@ def start_redis() -> tuple[subprocess.Popen[bytes], str]:
 # --- clients -------------------------------------------------------------------------------
 
 
-def process_cpu_ns(pid: int) -> int:
-    """On-CPU nanoseconds of all threads of ``pid`` (``/proc/<pid>/task/*/schedstat``)."""
-    total = 0
-    for schedstat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
-        try:
-            total += int(schedstat.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            continue
-    return total
-
-
 @dataclass
 class Result:
     name: str
@@ -484,6 +473,8 @@ async def measure(
     server_pid: int,
 ) -> Result:
     """Connect ``clients`` subscribers and one publisher; measure latency, then a burst."""
+    from wire import process_cpu_ns  # benchmarks/ is on sys.path when run as a script
+
     result = Result(name, clients)
     connect = lean_connect if client_kind == "lean" else websockets_connect
     counts = {"expected": 0, "received": 0}

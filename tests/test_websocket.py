@@ -611,24 +611,7 @@ async def test_start_soon_task_lives_exactly_as_long_as_the_connection() -> None
     assert events == ["handler returns", "task ended"]
 
 
-async def test_failing_start_soon_task_closes_1011(caplog: pytest.LogCaptureFixture) -> None:
-    async def broken() -> None:
-        raise LookupError("task detail")
-
-    class Tasks(App):
-        async def ws_tasks(self, ws: WebSocket) -> None:
-            await ws.accept()
-            ws.start_soon(broken)
-            await anyio.sleep_forever()
-
-    async with connect(Tasks(session_cookie_secure=False), "/tasks") as peer:
-        messages = await peer.receive_all()
-    assert messages[1:] == [close(1011, "Internal server error")]
-    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert [r.exc_info[0] for r in errors if r.exc_info] == [LookupError]
-
-
-async def test_a_failing_task_ends_only_its_own_connection(
+async def test_failing_start_soon_task_closes_1011_and_only_its_connection(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """With lifespan the task runs in the app's task group: its error must not reach it."""
