@@ -47,7 +47,7 @@ from wire import process_cpu_ns  # this folder is on sys.path when run as a scri
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 WORKERS = ("asyncio", "trio")
-APPS = ("raw", "micropie")
+APPS = ("raw", "micropie", "starlette")  # raw is the baseline; starlette for comparison
 PAYLOAD = "x" * 64  # one small chat-sized text message
 STARTUP_TIMEOUT = 20.0  # seconds for hypercorn to import the app and answer
 RUN_TIMEOUT = 180.0  # seconds for any one measurement, whatever happens
@@ -91,6 +91,8 @@ def build(name: str) -> Any:
     """The app called ``name`` (hypercorn evaluates ``build('raw')`` in this module)."""
     if name == "raw":
         return raw_app
+    if name == "starlette":
+        return starlette_app()
     if name != "micropie":
         raise ValueError(f"unknown app {name!r}")
     from micropie import App
@@ -108,6 +110,23 @@ def build(name: str) -> Any:
                     await ws.send_bytes(message)
 
     return EchoApp()
+
+
+def starlette_app() -> Any:
+    """The same echo on Starlette (a ``WebSocketRoute``), for comparison."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route, WebSocketRoute
+
+    async def index(request: Any) -> Any:
+        return PlainTextResponse("ok")
+
+    async def echo(websocket: Any) -> None:
+        await websocket.accept()
+        async for message in websocket.iter_text():
+            await websocket.send_text(message)
+
+    return Starlette(routes=[Route("/", index), WebSocketRoute("/echo", echo)])
 
 
 # --------------------------------------------------------------------------- hypercorn
@@ -286,7 +305,7 @@ class Results:
     settings: dict[str, Any]
     throughput: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # worker/app
     memory: dict[str, list[dict[str, float]]] = field(default_factory=dict)
-    throughput_ratios: dict[str, list[float]] = field(default_factory=dict)  # worker
+    throughput_ratios: dict[str, list[float]] = field(default_factory=dict)  # worker/app
     cpu_ratios: dict[str, list[float]] = field(default_factory=dict)
     memory_ratios: dict[str, list[float]] = field(default_factory=dict)
 
@@ -294,32 +313,30 @@ class Results:
 def measure_throughput(worker: str, settings: argparse.Namespace, results: Results) -> None:
     import asyncio
 
-    servers = {name: Server(name, worker) for name in APPS}
+    apps = settings.apps
+    servers = {name: Server(name, worker) for name in apps}
     try:
         for server in servers.values():
             server.wait_ready()
         for server in servers.values():  # warm-up, not recorded
             asyncio.run(echo_run(server, settings.connections, max(settings.messages // 10, 10)))
         for rep in range(settings.reps):
-            order = APPS if rep % 2 == 0 else APPS[::-1]
+            order = apps if rep % 2 == 0 else apps[::-1]
             run = {
                 name: asyncio.run(echo_run(servers[name], settings.connections, settings.messages))
                 for name in order
             }
+            raw = run["raw"]
             for name, sample in run.items():
                 results.throughput.setdefault(f"{worker}/{name}", []).append(sample)
-            raw, app = run["raw"], run["micropie"]
-            results.throughput_ratios.setdefault(worker, []).append(
-                app["echoes_per_s"] / raw["echoes_per_s"]
-            )
-            results.cpu_ratios.setdefault(worker, []).append(
-                raw["server_cpu_us"] / app["server_cpu_us"]
-            )
-            print(
-                f"  {worker} rep {rep + 1}: raw {raw['echoes_per_s']:,.0f}/s,"
-                f" micropie {app['echoes_per_s']:,.0f}/s",
-                file=sys.stderr,
-            )
+                results.throughput_ratios.setdefault(f"{worker}/{name}", []).append(
+                    sample["echoes_per_s"] / raw["echoes_per_s"]
+                )
+                results.cpu_ratios.setdefault(f"{worker}/{name}", []).append(
+                    raw["server_cpu_us"] / sample["server_cpu_us"]
+                )
+            rates = ", ".join(f"{name} {run[name]['echoes_per_s']:,.0f}/s" for name in apps)
+            print(f"  {worker} rep {rep + 1}: {rates}", file=sys.stderr)
     finally:
         for server in servers.values():
             server.stop()
@@ -328,22 +345,23 @@ def measure_throughput(worker: str, settings: argparse.Namespace, results: Resul
 def measure_memory(worker: str, settings: argparse.Namespace, results: Results) -> None:
     import asyncio
 
+    apps = settings.apps
     for rep in range(settings.memory_reps):
-        order = APPS if rep % 2 == 0 else APPS[::-1]
+        order = apps if rep % 2 == 0 else apps[::-1]
         run = {}
         for name in order:
             with Server(name, worker) as server:  # a fresh process for every reading
                 run[name] = asyncio.run(idle_run(server, settings.idle))
+        raw = run["raw"]["bytes_per_connection"]
         for name, sample in run.items():
             results.memory.setdefault(f"{worker}/{name}", []).append(sample)
-        results.memory_ratios.setdefault(worker, []).append(
-            run["micropie"]["bytes_per_connection"] / run["raw"]["bytes_per_connection"]
+            results.memory_ratios.setdefault(f"{worker}/{name}", []).append(
+                sample["bytes_per_connection"] / raw
+            )
+        sizes = ", ".join(
+            f"{name} {run[name]['bytes_per_connection'] / 1024:.1f} KiB" for name in apps
         )
-        print(
-            f"  {worker} memory rep {rep + 1}: raw {run['raw']['bytes_per_connection'] / 1024:.1f}"
-            f" KiB, micropie {run['micropie']['bytes_per_connection'] / 1024:.1f} KiB",
-            file=sys.stderr,
-        )
+        print(f"  {worker} memory rep {rep + 1}: {sizes}", file=sys.stderr)
 
 
 def median_of(samples: list[dict[str, float]], key: str) -> float:
@@ -354,27 +372,29 @@ def report(results: Results, settings: argparse.Namespace) -> str:
     lines = [
         f"WebSocket echo: {settings.connections} connections × {settings.messages} messages,"
         f" {settings.reps} repetitions; memory: {settings.idle} idle connections,"
-        f" {settings.memory_reps} repetitions. Medians; ratios are medians of per-repetition"
-        " ratios.\n",
-        "| hypercorn worker | raw echoes/s | micropie echoes/s | ratio | raw CPU µs/echo"
-        " | micropie CPU µs/echo | CPU ratio | raw KiB/conn | micropie KiB/conn | memory ratio |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f" {settings.memory_reps} repetitions. Medians; ratios (to raw, same run) are medians"
+        " of per-repetition ratios.\n",
+        "| hypercorn worker | app | echoes/s | ratio | CPU µs/echo | CPU ratio | KiB/conn"
+        " | memory ratio |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     verdicts = []
     for worker in settings.workers:
-        raw, app = results.throughput[f"{worker}/raw"], results.throughput[f"{worker}/micropie"]
-        raw_mem, app_mem = results.memory[f"{worker}/raw"], results.memory[f"{worker}/micropie"]
-        ratio = statistics.median(results.throughput_ratios[worker])
-        cpu_ratio = statistics.median(results.cpu_ratios[worker])
-        memory_ratio = statistics.median(results.memory_ratios[worker])
-        lines.append(
-            f"| {worker} | {median_of(raw, 'echoes_per_s'):,.0f}"
-            f" | {median_of(app, 'echoes_per_s'):,.0f} | {ratio:.3f}x"
-            f" | {median_of(raw, 'server_cpu_us'):.1f} | {median_of(app, 'server_cpu_us'):.1f}"
-            f" | {cpu_ratio:.3f}x"
-            f" | {median_of(raw_mem, 'bytes_per_connection') / 1024:.1f}"
-            f" | {median_of(app_mem, 'bytes_per_connection') / 1024:.1f} | {memory_ratio:.3f}x |"
-        )
+        for name in settings.apps:
+            key = f"{worker}/{name}"
+            throughput, memory = results.throughput[key], results.memory[key]
+            lines.append(
+                f"| {worker} | {name} | {median_of(throughput, 'echoes_per_s'):,.0f}"
+                f" | {statistics.median(results.throughput_ratios[key]):.3f}x"
+                f" | {median_of(throughput, 'server_cpu_us'):.1f}"
+                f" | {statistics.median(results.cpu_ratios[key]):.3f}x"
+                f" | {median_of(memory, 'bytes_per_connection') / 1024:.1f}"
+                f" | {statistics.median(results.memory_ratios[key]):.3f}x |"
+            )
+        if "micropie" not in settings.apps:
+            continue
+        ratio = statistics.median(results.throughput_ratios[f"{worker}/micropie"])
+        memory_ratio = statistics.median(results.memory_ratios[f"{worker}/micropie"])
         verdicts.append(
             f"- hypercorn-{worker}: throughput {ratio:.3f}x raw (target >= {TARGETS['throughput']}:"
             f" {'met' if ratio >= TARGETS['throughput'] else 'NOT met'}), memory per connection"
@@ -398,6 +418,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small run, about 20 s")
     parser.add_argument("--workers", default=",".join(WORKERS), help="hypercorn worker classes")
+    parser.add_argument(
+        "--apps", default=",".join(APPS), help="apps to measure (raw, the baseline, always runs)"
+    )
     parser.add_argument("--connections", type=int, default=50, help="echo clients")
     parser.add_argument("--messages", type=int, default=1000, help="round trips per client")
     parser.add_argument("--reps", type=int, default=5, help="throughput repetitions")
@@ -408,6 +431,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         settings.connections, settings.messages, settings.reps = 10, 200, 3
         settings.idle, settings.memory_reps = 300, 1
     settings.workers = [worker for worker in settings.workers.split(",") if worker]
+    chosen = [name for name in settings.apps.split(",") if name and name != "raw"]
+    settings.apps = ["raw", *chosen]
     return settings
 
 
