@@ -1,88 +1,20 @@
-"""Streaming ``multipart/form-data`` uploads (needs the ``multipart`` package, >= 2.0).
-
-Theory of operation
--------------------
-A multipart request runs in an ordinary ``ConnectionScope`` (one cancel scope, no task) that
-carries a ``MultipartForm``. The form owns ``receive()`` and a ``multipart.PushMultipartParser``
-and is parsed *on demand*, in whichever task needs the next piece of it. There is no parser task.
-
-*Pulling* is one step: ``receive()`` one body message (its deadline set just before and cleared
-just after), count it against ``max_body_size``, feed it to the parser and dispatch the events:
-
-* a text field is collected (counted against ``max_form_field_size`` across chunks), decoded
-  once whole (so UTF-8 split between chunks survives) and appended to
-  ``request.body_params[name]``;
-* a file part is put in ``request.files[name]`` as soon as its headers are in, with an
-  ``UploadStream`` as its ``content``; its data is appended to that stream's buffer;
-* the part and file counts are checked against ``max_multipart_parts``/``max_multipart_files``.
-
-Who pulls: binding (``field(name)`` until the name arrived or the form ended, ``complete()``
-for ``**kwargs`` and sub-app hand-off) and ``UploadStream.get()`` (it returns a buffered chunk
-if there is one, else pulls until its own stream has data or ended). One task pulls at a time:
-a task that needs data while another pulls waits for that step to finish (an ``anyio.Event``,
-made only when someone waits) and then looks again, pulling itself if it still needs to. Every
-step ends in progress, the end of the form or a released flag (a cancelled puller releases it
-and wakes the others), so reading several files in any order, from several tasks, cannot
-deadlock.
-
-Why no parser task: the parser needs 6.5 µs per 64 KiB chunk. A task that owns ``receive()``
-and hands each chunk to the handler's task pays a hand-off, a wake-up and a checkpoint per
-chunk (as much again as parsing), and per request a task group, a task and its cancellation
-(~140 µs, more than parsing a whole MiB). Pulling in the reader's own task costs a function
-call per chunk and nothing per request. It also gives backpressure for free: while nobody
-pulls, nothing is read, the server stops reading the socket and the client waits.
-
-Spill: data for a part nobody is reading is kept in memory while someone pulls for a later
-part (binding a field that follows an unread file, or reading files out of order). That is the
-price of never deadlocking; it is bounded by ``max_body_size`` (which counts the whole body),
-so keep that limit when uploads are large and handlers read out of order.
-
-Checkpoints: ``receive()`` may return without yielding (in-process, or a server with messages
-queued), and one per chunk would cost a third of the parsing. A step yields once the messages
-read since the last checkpoint add up to ``CHECKPOINT_EVERY`` (each counts its size plus
-``MESSAGE_COST``, so a flood of tiny messages yields too): a client that never stops sending
-cannot starve the event loop, and a handler drains 4 MiB at most between two yields.
-
-Deadlines: ``body_timeout`` applies to each ``receive()`` only while it is pending, through the
-connection's body deadline (the app-wide sweeper, or the scope's own deadline without lifespan):
-a handler that is slow to read is never timed out. A stall cancels the request's scope (as for
-any body) and is answered with 408; the open file is failed with that ``HTTPError(408)``.
-
-Failures (too large → 413, malformed → 400, stalled → 408, client gone) are recorded once and
-end the form. An open (incomplete) file's ``get()`` then raises ``MultipartFileError`` whose
-``cause`` is the failure (a cut upload never looks complete), binding raises the ``HTTPError``
-(so the handler does not run), and when the user code ends the failure replaces its answer, also
-when the handler let ``MultipartFileError`` escape. A client that leaves mid-upload: the reader
-gets ``MultipartFileError``, nothing is sent, and the request's scope is cancelled
-``DISCONNECT_GRACE`` seconds later (a deadline on the scope, no task), so a handler that
-ignores it cannot keep running. Once the body is in, the scope watches for the client leaving
-as for any request.
-
-When the user code ends (the handler returned, or middleware answered early), the form stops:
-the open file fails with ``RuntimeError("Multipart parser stopped")`` and nothing more is read.
-Read an upload in the handler, not in a streamed response that runs after it.
-
-Limitations: while nobody pulls (a handler that does not read its file), nobody reads
-``receive()``, so a client that leaves is noticed only when the handler reads on or returns
-(servers queue the disconnect behind the unread body).
-
-``request.files[name]["filename"]`` is whatever the client sent (``../../etc/passwd``, or with
-CR/LF decoded from ``%0D%0A``): never use it as a path or header value without cleaning it.
-"""
+"""``MultipartForm``: a multipart body parsed on demand, its limits and failures (see the
+package docstring), and ``open_form``, which checks a request can be parsed at all."""
 
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
 
-from .errors import ClientDisconnected, HTTPError, MultipartFileError
-from .routing import MISSING
+from ..errors import ClientDisconnected, HTTPError, MultipartFileError
+from ..routing import MISSING
+from ._boundary import _MALFORMED, MAX_BOUNDARY_LENGTH, parse_boundary
+from ._upload import UploadStream
 
 try:
     from multipart import MultipartError, MultipartSegment, PushMultipartParser
@@ -92,25 +24,13 @@ except ImportError:  # pragma: no cover - depends on the environment
     MULTIPART_INSTALLED = False
 
 if TYPE_CHECKING:
-    from .app import App
-    from .disconnect import ConnectionScope
-    from .request import Request
-    from .types import Message, Receive
-
-__all__ = [
-    "CHECKPOINT_EVERY",
-    "DISCONNECT_GRACE",
-    "MULTIPART_INSTALLED",
-    "MultipartForm",
-    "UploadStream",
-    "open_form",
-    "parse_boundary",
-]
+    from ..app import App
+    from ..disconnect import ConnectionScope
+    from ..request import Request
+    from ..types import Message, Receive
 
 logger = logging.getLogger("micropie")
 
-#: Longest boundary RFC 2046 allows; a longer one is a malformed request.
-MAX_BOUNDARY_LENGTH = 70
 #: Seconds a handler has to clean up after its client left mid-upload; then it is cancelled.
 DISCONNECT_GRACE = 0.1
 #: Body bytes read between two checkpoints (a ``receive()`` that never blocks must not starve).
@@ -119,7 +39,6 @@ CHECKPOINT_EVERY = 4 * 1024 * 1024
 MESSAGE_COST = 16 * 1024
 
 _MISSING_BOUNDARY = "400 Bad Request: Missing boundary"
-_MALFORMED = "400 Bad Request: Malformed multipart body"
 _TOO_LARGE = "413 Payload Too Large"
 _FIELD_TOO_LARGE = "413 Payload Too Large: Multipart form field"
 _TOO_MANY_PARTS = "413 Payload Too Large: Too many multipart parts"
@@ -128,144 +47,6 @@ _TIMED_OUT = "408 Request Timeout: Failed to receive body"
 
 #: What the user code may end with that a recorded upload failure (or a client gone) replaces.
 _REPLACEABLE = (ClientDisconnected, HTTPError, MultipartFileError)
-
-
-def parse_boundary(content_type: str) -> str | None:
-    """The ``boundary`` parameter of a ``Content-Type`` value, or ``None``.
-
-    A single left-to-right scan (no regular expression, so no backtracking on hostile input).
-    Parameter names are case-insensitive, the value keeps its case; a quoted value may escape
-    characters with ``\\``. An unterminated quoted value is ``HTTPError(400)``.
-    """
-    text = content_type.partition(";")[2]
-    position, end = 0, len(text)
-    while position < end:
-        equals = text.find("=", position)
-        if equals == -1:
-            return None
-        semicolon = text.find(";", position)
-        if -1 < semicolon < equals:  # a parameter without a value
-            position = semicolon + 1
-            continue
-        name = text[position:equals].strip().lower()
-        position = equals + 1
-        while position < end and text[position] in " \t":
-            position += 1
-        if position < end and text[position] == '"':
-            value, position = _quoted_string(text, position + 1)
-            semicolon = text.find(";", position)
-            position = end if semicolon == -1 else semicolon + 1
-        else:
-            semicolon = text.find(";", position)
-            stop = end if semicolon == -1 else semicolon
-            value, position = text[position:stop].strip(), stop + 1
-        if name == "boundary":
-            return value or None
-    return None
-
-
-def _quoted_string(text: str, position: int) -> tuple[str, int]:
-    """Read a quoted string whose opening quote is just before ``position``."""
-    characters: list[str] = []
-    end = len(text)
-    while position < end:
-        character = text[position]
-        if character == '"':
-            return "".join(characters), position + 1
-        if character == "\\" and position + 1 < end:
-            position += 1
-            character = text[position]
-        characters.append(character)
-        position += 1
-    raise HTTPError(400, _MALFORMED)
-
-
-class _Source(Protocol):
-    """Where an ``UploadStream``'s data comes from: the form, parsed on demand."""
-
-    @property
-    def ended(self) -> bool: ...
-
-    async def pull(self) -> None: ...
-
-
-class UploadStream:
-    """An uploaded file's content, readable while the upload is still arriving.
-
-    ``await get()`` returns the next ``bytes`` chunk, ``None`` once the file ended cleanly (and
-    on every later call), and raises ``MultipartFileError`` (with ``.cause``) when the upload
-    was cut short, too large or malformed: a truncated file never looks complete. ``async for
-    chunk in stream`` reads the same chunks. For code written against MicroPie's
-    ``asyncio.Queue``, ``get_nowait()`` (``anyio.WouldBlock`` when nothing is buffered),
-    ``qsize()`` and ``empty()`` exist too.
-
-    ``get()`` reads the request body itself when nothing is buffered (see the module doc), so
-    it is only a checkpoint when it had to wait for the client.
-    """
-
-    __slots__ = ("_chunks", "_error", "_finished", "_source")
-
-    def __init__(self, source: _Source) -> None:
-        self._chunks: deque[bytes] = deque()
-        self._finished = False
-        self._error: BaseException | None = None
-        self._source = source
-
-    async def get(self) -> bytes | None:
-        """The next chunk, ``None`` at the end, or ``MultipartFileError`` if the upload failed."""
-        while True:
-            if self._chunks:
-                return self._chunks.popleft()
-            if self._error is not None:
-                raise MultipartFileError(self._error) from self._error
-            if self._finished:
-                return None
-            if self._source.ended:  # cannot happen: an ended form closed all its files
-                self._abort(RuntimeError("Multipart parser stopped"))
-                continue
-            await self._source.pull()
-
-    def get_nowait(self) -> bytes | None:
-        """Like ``get()`` without reading the body: ``anyio.WouldBlock`` when nothing is ready."""
-        if self._error is not None:
-            raise MultipartFileError(self._error) from self._error
-        if self._chunks:
-            return self._chunks.popleft()
-        if self._finished:
-            return None
-        raise anyio.WouldBlock
-
-    def qsize(self) -> int:
-        """Chunks ready to read."""
-        return len(self._chunks)
-
-    def empty(self) -> bool:
-        """Whether ``get_nowait()`` would block."""
-        return not self._chunks and not self._finished and self._error is None
-
-    def __aiter__(self) -> UploadStream:
-        return self
-
-    async def __anext__(self) -> bytes:
-        chunk = await self.get()
-        if chunk is None:
-            raise StopAsyncIteration
-        return chunk
-
-    # --- the form's side -------------------------------------------------------------------
-
-    def _put(self, chunk: bytes) -> None:
-        self._chunks.append(chunk)
-
-    def _finish(self) -> None:
-        self._finished = True
-
-    def _abort(self, cause: BaseException) -> None:
-        """Fail an incomplete upload (a complete one stays readable)."""
-        if self._finished or self._error is not None:
-            return
-        self._error = cause
-        self._chunks.clear()
 
 
 class _TextField:
@@ -294,7 +75,7 @@ def _no_part(data: bytes) -> None:
 
 
 class MultipartForm:
-    """A multipart body, parsed on demand by whichever task needs more of it (module doc).
+    """A multipart body, parsed on demand by whichever task needs more of it (package doc).
 
     For binding (``routing.PendingForm``): ``field(name)`` returns the first value of text field
     ``name`` or the file dict as soon as it exists, ``MISSING`` once the form ended without it;

@@ -1,42 +1,6 @@
-"""The ``WebSocket`` a ``ws_`` handler receives, and the lifetime of its connection.
+"""``WebSocket``: what a ``ws_`` handler is given, its settings, and what it does per message.
 
-Theory of operation
--------------------
-``websocket_dispatch.serve_websocket`` does the handshake, routing and sessions; then it calls
-the handler inside ``async with ws._lifetime(sweeper)`` (``_Lifetime``): the handler's own
-cancel scope, and nothing else per connection.
-
-* The handler reads ``receive()`` itself while it waits in ``receive_*()``: no task hop per
-  message, which is what an echo or chat handler does all day. The app's disconnect sweeper
-  checks every connection each interval; a handler that has read nothing since the last sweep
-  and is not waiting in ``receive()`` now (a push-only loop, a long computation) gets a *pump*
-  task that reads for it from then on, into a small bounded memory stream (``INBOX_SIZE``): a
-  handler that does not read stops the pump, the server's own queue fills, and the server stops
-  reading the socket (backpressure). Without a sweeper (no lifespan) the pump starts at once.
-  A message over the app's ``ws_max_message_size`` is answered with close 1009.
-* On ``websocket.disconnect`` every pending and later ``receive_*`` raises ``ConnectionClosed``
-  (after the messages that arrived before it), every send raises it at once, and
-  ``DISCONNECT_GRACE`` seconds later the handler is cancelled if it is still running (it was
-  blocked elsewhere: a push loop, a sleep, a queue): a deadline on its scope, not a task. A
-  handler that closed the connection itself is trusted to finish on its own.
-* The connection's tasks (``ws.start_soon``, the pump, the 1001 at shutdown) run in the app's
-  task group (the sweeper's), each in a cancel scope the connection holds
-  (``connection_tasks.ConnectionTasks``): when the handler ends they are cancelled and awaited,
-  so none outlives the connection, and a connection that starts none pays for no task group.
-  Without lifespan the connection opens a task group of its own for them.
-* Graceful shutdown (``App.begin_shutdown``, called by ``app.serve()`` and the CLI) closes
-  every open connection with 1001 at once and cancels its handler ``DISCONNECT_GRACE`` later;
-  a cancellation from outside (plain hypercorn, when its graceful timeout ends) closes it with
-  1001 from a shielded, time-bounded scope, then propagates.
-
-Per message the cost is what an echo benchmark against a raw ASGI app measures
-(``benchmarks/websocket.py``): so ``receive_*``/``send_*`` hand back the one coroutine that does
-the work instead of awaiting it (each frame between the app and the server is paid at every
-suspension, and kept alive by every open connection), and sends take a flag, not a lock.
-
-Limits of what a framework can do on hypercorn: the app is told 1006 for every client close;
-on the trio worker a ``send()`` to a client that stopped reading sits in a shielded scope and
-cannot be cancelled; protocol violations drop the TCP connection without a close frame.
+See the package docstring for the theory of operation.
 """
 
 from __future__ import annotations
@@ -44,7 +8,6 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Callable, Coroutine, Mapping
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -52,30 +15,21 @@ import anyio.abc
 import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from . import json_codec
-from .concurrency import collapse_excgroups
-from .connection_tasks import ConnectionTasks
-from .request import WebSocketRequest
-from .sessions import (
+from .. import json_codec
+from ..connection_tasks import ConnectionTasks
+from ..request import WebSocketRequest
+from ..sessions import (
     format_session_cookie,
     validate_session_id,
 )
-from .types import Message, Receive, Scope, Send
+from ..types import Message, Receive, Scope, Send
+from ._errors import _GOING_AWAY, _TOO_BIG, INTERNAL_ERROR, ConnectionClosed, close_message
+from ._lifetime import _Lifetime, _SendGate
+from ._messages import _as_bytes, _as_text, _payload, _receive_failed, _too_big
 
 if TYPE_CHECKING:
-    from .disconnect import DisconnectSweeper
+    from ..disconnect import DisconnectSweeper
 
-__all__ = [
-    "DEFAULT_MAX_MESSAGE_SIZE",
-    "DISCONNECT_GRACE",
-    "INBOX_SIZE",
-    "INTERNAL_ERROR",
-    "ConnectionClosed",
-    "Refused",
-    "WebSocket",
-    "close_message",
-    "only_connection_closed",
-]
 
 logger = logging.getLogger("micropie")
 
@@ -104,137 +58,12 @@ SENDS_BETWEEN_CHECKPOINTS = 8
 SHUTDOWN_CLOSE_TIMEOUT = 1.0
 
 _NOT_ACCEPTED = "WebSocket connection not accepted"
-INTERNAL_ERROR = (1011, "Internal server error")
-_GOING_AWAY = (1001, "Going away")
-_TOO_BIG = (1009, "Message too big")
-
-
-class ConnectionClosed(Exception):
-    """The WebSocket connection is over: the client left, or the server closed it.
-
-    ``code`` and ``reason`` say why (``1009`` when a message was too big; on hypercorn a client's
-    own close always arrives as ``1006``). Raised by ``receive_*`` once the messages that arrived
-    before the close are consumed, and by every send after it. A handler may let it propagate:
-    that is a normal end of the connection, never an error.
-    """
-
-    def __init__(self, code: int = 1000, reason: str = "") -> None:
-        super().__init__(code, reason)
-        self.code = code
-        self.reason = reason
-
-    def __str__(self) -> str:
-        suffix = f": {self.reason}" if self.reason else ""
-        return f"WebSocket connection closed with code {self.code}{suffix}"
-
-
-class _SendGate:
-    """One send at a time (the handler, its tasks and the pump may all send).
-
-    ``anyio.Lock`` would do, but even uncontended it costs a task lookup and a cancellation
-    check per acquire, and a deque per connection: half of the framework's cost per echo.
-    Here the uncontended case is a flag; only a send that finds another in progress waits.
-    """
-
-    __slots__ = ("_released", "held")
-
-    def __init__(self) -> None:
-        self.held = False
-        self._released: anyio.Event | None = None
-
-    async def acquire(self) -> None:
-        while self.held:
-            if self._released is None:
-                self._released = anyio.Event()
-            await self._released.wait()
-        self.held = True
-
-    def release(self) -> None:
-        self.held = False
-        released, self._released = self._released, None
-        if released is not None:
-            released.set()  # every waiter re-checks; the first to run takes the gate
-
-    async def __aenter__(self) -> None:
-        await self.acquire()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.release()
-
-
-class _Lifetime:
-    """The block a WebSocket handler runs in (see ``WebSocket._lifetime``).
-
-    An async context manager rather than a coroutine that calls the handler: the handler then
-    runs in ``serve_websocket``'s own frame, one frame fewer between the app and the server at
-    every suspension and for as long as the connection is open.
-    """
-
-    __slots__ = ("_own_group", "_sweeper", "_ws")
-
-    def __init__(self, ws: WebSocket, sweeper: DisconnectSweeper | None) -> None:
-        self._ws = ws
-        self._sweeper = sweeper
-        self._own_group: anyio.abc.TaskGroup | None = None
-
-    async def __aenter__(self) -> None:
-        ws, sweeper = self._ws, self._sweeper
-        host = sweeper.task_group if sweeper is not None else None
-        if host is None:  # no lifespan: the connection hosts its own tasks
-            self._sweeper = None
-            self._own_group = host = anyio.create_task_group()
-            await host.__aenter__()
-        ws._host = host
-        ws._handler_scope = handler_scope = anyio.CancelScope()
-        if self._sweeper is not None:
-            self._sweeper.register_websocket(ws)
-        else:
-            ws._start_pump()
-        handler_scope.__enter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        ws = self._ws
-        assert ws._handler_scope is not None
-        if ws._handler_scope.__exit__(exc_type, exc, tb):  # ours: grace, shutdown, a task failed
-            exc_type = exc = tb = None
-        ws._host = None  # the handler is done: no task may start any more
-        if self._sweeper is not None:
-            self._sweeper.unregister_websocket(ws)
-        own_group = self._own_group
-        try:
-            await ws._end_tasks(exc)
-        except BaseException as error:  # what the tasks raised (with the handler's exception)
-            if own_group is None:
-                raise
-            exc_type, exc, tb = type(error), error, error.__traceback__
-        if own_group is not None:
-            with collapse_excgroups():
-                await own_group.__aexit__(exc_type, exc, tb)
-        return exc is None
 
 
 class _State(enum.Enum):
     CONNECTING = "connecting"
     OPEN = "open"
     CLOSED = "closed"
-
-
-class Refused(Exception):
-    """The connection is refused before the handler runs, with this close code and reason."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
-def close_message(code: int, reason: str) -> Message:
-    return {"type": "websocket.close", "code": code, "reason": reason}
 
 
 class WebSocket:
@@ -695,56 +524,3 @@ class WebSocket:
             await self._send(close_message(code, reason))
         except Exception:
             logger.debug("Could not send WebSocket close %s", code, exc_info=True)
-
-
-def _payload(message: Message) -> str | bytes:
-    """What ``receive()`` returns for a ``websocket.receive`` message."""
-    text: str | None = message.get("text")
-    if text is not None:
-        return text
-    return bytes(message.get("bytes") or b"")
-
-
-def _as_text(message: Message) -> str:
-    text: str | None = message.get("text")
-    if text is not None:
-        return text
-    return bytes(message.get("bytes") or b"").decode("utf-8", "ignore")
-
-
-def _as_bytes(message: Message) -> bytes:
-    data = message.get("bytes")
-    if data is not None:
-        return bytes(data)
-    return str(message.get("text") or "").encode("utf-8")
-
-
-def _receive_failed() -> Message:
-    """A ``receive()`` that raised (a server in trouble) is treated as the client leaving."""
-    logger.debug("WebSocket receive() failed; treating it as a disconnect", exc_info=True)
-    return {"type": "websocket.disconnect", "code": 1006}
-
-
-def _too_big(message: Message, limit: int | None) -> bool:
-    """Whether a ``websocket.receive`` message exceeds ``limit`` bytes (text as UTF-8)."""
-    if limit is None:
-        return False
-    data = message.get("bytes")
-    if data is not None:
-        return len(data) > limit
-    text = message.get("text") or ""
-    if len(text) > limit:  # every character takes at least one byte…
-        return True
-    if len(text) * 4 <= limit:  # …and at most four: only the middle ground needs encoding
-        return False
-    return len(text.encode("utf-8", "surrogatepass")) > limit
-
-
-def only_connection_closed(error: BaseException) -> bool:
-    """Whether ``error`` (or every exception in a group) is a ``ConnectionClosed``."""
-    if isinstance(error, ConnectionClosed):
-        return True
-    if isinstance(error, BaseExceptionGroup):
-        _, rest = error.split(ConnectionClosed)
-        return rest is None
-    return False
