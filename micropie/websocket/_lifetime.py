@@ -23,24 +23,25 @@ class _SendGate:
     Here the uncontended case is a flag; only a send that finds another in progress waits.
     """
 
-    __slots__ = ("_released", "held")
+    __slots__ = ("held", "waiters")
 
     def __init__(self) -> None:
         self.held = False
-        self._released: anyio.Event | None = None
+        #: Set when the gate is released, while sends wait for it (``None`` when none waits).
+        self.waiters: anyio.Event | None = None
 
     async def acquire(self) -> None:
         while self.held:
-            if self._released is None:
-                self._released = anyio.Event()
-            await self._released.wait()
+            if self.waiters is None:
+                self.waiters = anyio.Event()
+            await self.waiters.wait()
         self.held = True
 
     def release(self) -> None:
         self.held = False
-        released, self._released = self._released, None
-        if released is not None:
-            released.set()  # every waiter re-checks; the first to run takes the gate
+        waiters, self.waiters = self.waiters, None
+        if waiters is not None:
+            waiters.set()  # every waiter re-checks; the first to run takes the gate
 
     async def __aenter__(self) -> None:
         await self.acquire()

@@ -236,12 +236,19 @@ class WebSocket:
                 message = _receive_failed()
             finally:
                 self._reading = False
-            if message["type"] == "websocket.receive" and not (
-                self._max_message_size is not None and _too_big(message, self._max_message_size)
-            ):
-                self._reads += 1
-                self._sends_since_read = 0
-                return convert(message)
+            if message["type"] == "websocket.receive":
+                limit = self._max_message_size
+                text = message.get("text")
+                # Inline for the usual case (no limit, or text that cannot be over it even at
+                # four bytes a character): no call per message.
+                if (
+                    limit is None
+                    or (text is not None and len(text) * 4 <= limit)
+                    or not _too_big(message, limit)
+                ):
+                    self._reads += 1
+                    self._sends_since_read = 0
+                    return convert(message)
             await self._reject(message)
 
     async def _next_from_pump(
@@ -302,7 +309,7 @@ class WebSocket:
         return self
 
     def __anext__(self) -> Coroutine[Any, Any, str | bytes]:
-        return self._next_message(_payload, iterating=True)
+        return self._next_message(_payload, True)  # iterating
 
     # --- sending ---------------------------------------------------------------------------
 
@@ -341,7 +348,9 @@ class WebSocket:
                 self._client_left(1006, "")
                 raise self._connection_closed() from exc
         finally:
-            gate.release()
+            gate.held = False
+            if gate.waiters is not None:
+                gate.release()
         self._sends_since_read += 1
 
     def send_text(self, data: str) -> Coroutine[Any, Any, None]:
