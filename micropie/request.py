@@ -198,9 +198,7 @@ class Request:
     def _may_have_cookies(self) -> bool:
         """False when the raw headers have no ``Cookie``: then ``headers`` need not be built
         (sessions look for their cookie on every request and every WebSocket connection)."""
-        if self._headers is not None:
-            return True
-        return any(name.lower() == b"cookie" for name, _ in self.scope.get("headers", ()))
+        return self._headers is not None or scan_headers(self.scope)[2]
 
     def query(self, name: str, default: Any = None) -> Any:
         """The first value of query parameter ``name``, or ``default``."""
