@@ -29,10 +29,11 @@ inside the caller's own task group, and keeps three promises:
    is over (bounded by ``startup_timeout``).
 
 Apps that "decline" lifespan by returning at once from the lifespan call crash hypercorn's trio
-worker; ``_StartupWatcher`` turns that return into an exception, which both workers read as
-"no lifespan support" (see ``LifespanNotSupportedError``).
+worker; ``StartupWatcher`` turns that return into an exception, which both workers read as
+"no lifespan support" (see ``micropie.hypercorn_glue``).
 
-Hypercorn is an optional dependency (``pip install micropie[serve]``) and is imported lazily.
+Hypercorn is an optional dependency (``pip install micropie[serve]``) and is imported lazily;
+``micropie.hypercorn_glue`` adapts its API (config, bound address, app wrapper, worker loop).
 """
 
 from __future__ import annotations
@@ -41,13 +42,21 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 from anyio.abc import TaskStatus
 
 from .concurrency import sole_exception
-from .types import ASGIApp, Message, Receive, Scope, Send
+from .hypercorn_glue import (
+    StartupWatcher,
+    bound_address,
+    config_class,
+    make_config,
+    worker_serve_for_current_backend,
+    wrap,
+)
+from .types import ASGIApp
 
 if TYPE_CHECKING:
     from hypercorn.config import Config, Sockets
@@ -58,12 +67,6 @@ __all__ = ["run", "serve"]
 logger = logging.getLogger("micropie")
 
 ShutdownTrigger = Callable[[], Awaitable[object]]
-
-_INSTALL_HINT = "Serving needs hypercorn: pip install micropie[serve]"
-
-# Hypercorn options that `host`/`port` own: a second way to bind would make the address that
-# `started()` reports ambiguous.
-_BIND_OPTIONS = frozenset({"bind", "insecure_bind", "quic_bind"})
 
 
 async def serve(
@@ -93,15 +96,15 @@ async def serve(
     fails its startup (``started()`` is then never called). Installs no signal handlers: that
     is the caller's business (``run()`` does it for scripts).
     """
-    config = _make_config(host, port, config_options)
+    config = make_config(host, port, config_options)
     sockets = config.create_sockets()
     try:
         for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
             sock.listen(config.backlog)
-        address = _bound_address(sockets)
-        watcher = _StartupWatcher(app)
+        address = bound_address(sockets)
+        watcher = StartupWatcher(app)
         await _serve_until_stopped(
-            _wrap(watcher, config), config, sockets, address, watcher, task_status, shutdown_trigger
+            wrap(watcher, config), config, sockets, address, watcher, task_status, shutdown_trigger
         )
     finally:
         # The asyncio worker closes its sockets itself, the trio worker never does; closing a
@@ -124,7 +127,7 @@ def run(
     first SIGINT or SIGTERM (open requests get ``graceful_timeout``, then lifespan shutdown
     runs). Raises what ``serve()`` raises, e.g. ``LifespanFailureError`` for a failed startup.
     """
-    _config_class()  # without hypercorn, fail before starting an event loop
+    config_class()  # without hypercorn, fail before starting an event loop
     anyio.run(
         partial(_serve_until_signalled, app, host=host, port=port, **config_options),
         backend=backend,
@@ -147,7 +150,7 @@ async def _serve_until_stopped(
     config: Config,
     sockets: Sockets,
     address: tuple[str, int],
-    watcher: _StartupWatcher,
+    watcher: StartupWatcher,
     task_status: TaskStatus[tuple[str, int]],
     shutdown_trigger: ShutdownTrigger | None,
 ) -> None:
@@ -157,7 +160,7 @@ async def _serve_until_stopped(
     and turns its own cancellation into ``stop``; hypercorn's child task then shuts down
     gracefully and the task group waits for it.
     """
-    worker_serve = _worker_serve_for_current_backend()
+    worker_serve = worker_serve_for_current_backend()
     stop = anyio.Event()
     done = anyio.Event()
     failure: Exception | None = None
@@ -230,121 +233,3 @@ def _stopper(app: ASGIApp, stop: anyio.Event) -> Callable[[], None]:
             stop.set()  # whatever the app did, hypercorn must stop
 
     return begin
-
-
-class LifespanNotSupportedError(Exception):
-    """Raised to hypercorn for an app whose lifespan call returned before ``lifespan.shutdown``.
-
-    Many apps "support" lifespan by returning at once (``if scope["type"] != "http":
-    return``). Hypercorn's trio worker then crashes (``ClosedResourceError``) when it sends the
-    next lifespan event, while an exception makes both workers carry on without lifespan, as the
-    ASGI spec asks. So an early return is turned into this exception.
-    """
-
-
-class _StartupWatcher:
-    """Pass every scope to the app; set ``ready`` once lifespan startup is over.
-
-    "Over" means the app sent ``lifespan.startup.complete``, or its lifespan call ended without
-    reporting a failure (an app that does not speak lifespan: hypercorn carries on without it).
-    After ``lifespan.startup.failed`` hypercorn aborts, so ``ready`` stays unset.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.ready = anyio.Event()
-        #: The message of a ``lifespan.shutdown.failed``: hypercorn's asyncio worker raises for
-        #: it and its trio worker does not, so ``serve`` raises it itself, alike on both.
-        self.shutdown_failure: str | None = None
-
-    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        """The app's own call for a connection: no frame of ours in every request's stack
-        (hypercorn is told the app is ASGI, so it need not be a coroutine function)."""
-        if scope["type"] != "lifespan":
-            return self.app(scope, receive, send)
-        return self._lifespan(scope, receive, send)
-
-    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
-        startup_failed = False
-        shutdown_received = False
-
-        async def watch_receive() -> Message:
-            nonlocal shutdown_received
-            message = await receive()
-            shutdown_received = shutdown_received or message["type"] == "lifespan.shutdown"
-            return message
-
-        async def watch_send(message: Message) -> None:
-            nonlocal startup_failed
-            startup_failed = startup_failed or message["type"] == "lifespan.startup.failed"
-            if message["type"] == "lifespan.shutdown.failed":
-                self.shutdown_failure = str(message.get("message", ""))
-            await send(message)
-            if message["type"] == "lifespan.startup.complete":
-                self.ready.set()
-
-        try:
-            await self.app(scope, watch_receive, watch_send)
-            if not shutdown_received and not startup_failed:
-                raise LifespanNotSupportedError("the app's lifespan call returned early")
-        finally:
-            if not startup_failed:
-                self.ready.set()
-
-
-def _make_config(host: str, port: int, options: dict[str, Any]) -> Config:
-    config = _config_class()()
-    for name, value in options.items():
-        if name in _BIND_OPTIONS:
-            raise TypeError(f"serve() binds host= and port=; {name}= is not supported")
-        if name.startswith("_") or not hasattr(config, name):
-            raise TypeError(f"serve() got an unknown hypercorn option {name!r}")
-        setattr(config, name, value)
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    return config
-
-
-def _bound_address(sockets: Sockets) -> tuple[str, int]:
-    sock = [*sockets.secure_sockets, *sockets.insecure_sockets][0]
-    host, port = sock.getsockname()[:2]
-    return str(host), int(port)
-
-
-def _wrap(app: ASGIApp, config: Config) -> AppWrapper:
-    from hypercorn.typing import ASGIFramework
-    from hypercorn.utils import wrap_app
-
-    # Our ASGI aliases are plain mappings; hypercorn's are TypedDicts describing the same thing.
-    return wrap_app(cast("ASGIFramework", app), config.wsgi_max_body_size, "asgi")
-
-
-def _worker_serve_for_current_backend() -> Callable[..., Awaitable[None]]:
-    """Hypercorn's worker loop for the running event loop.
-
-    We call ``worker_serve`` (what hypercorn's public ``serve`` and its worker processes call)
-    because it accepts pre-bound ``sockets`` on both backends; the public ``serve`` does not.
-    """
-    if _current_backend() == "trio":
-        from hypercorn.trio.run import worker_serve as trio_worker_serve
-
-        return trio_worker_serve
-    from hypercorn.asyncio.run import worker_serve as asyncio_worker_serve
-
-    return asyncio_worker_serve
-
-
-def _current_backend() -> str:
-    try:
-        import sniffio
-    except ImportError:  # trio depends on sniffio: without it, this cannot be trio
-        return "asyncio"
-    return sniffio.current_async_library()
-
-
-def _config_class() -> type[Config]:
-    """Hypercorn's ``Config``, or an ``ImportError`` that says how to install it."""
-    try:
-        from hypercorn.config import Config
-    except ImportError as exc:
-        raise ImportError(_INSTALL_HINT) from exc
-    return Config

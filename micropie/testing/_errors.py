@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class ASGIProtocolError(RuntimeError):
     """The app broke the ASGI contract: messages out of order, or no response at all."""
@@ -25,32 +27,37 @@ class LifespanError(RuntimeError):
         self.message = message
 
 
-class WebSocketRejected(Exception):
+class _WebSocketEnded(Exception):
+    """A WebSocket connection the test holds is over; ``code`` and ``reason`` are the app's.
+
+    The common part of ``WebSocketRejected`` and ``WebSocketClosed``, which differ only in the
+    word their message uses for how the connection ended.
+    """
+
+    _how: ClassVar[str]
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(code, reason)
+        self.code = code
+        self.reason = reason
+
+    def __str__(self) -> str:
+        suffix = f": {self.reason}" if self.reason else ""
+        return f"WebSocket connection {self._how} with code {self.code}{suffix}"
+
+
+class WebSocketRejected(_WebSocketEnded):
     """The app refused the connection: it sent ``websocket.close`` before accepting.
 
     ``code`` and ``reason`` are the app's. Over a real server only an HTTP 403 reaches the
     client; in-process the test sees what the app said.
     """
 
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(code, reason)
-        self.code = code
-        self.reason = reason
-
-    def __str__(self) -> str:
-        suffix = f": {self.reason}" if self.reason else ""
-        return f"WebSocket connection rejected with code {self.code}{suffix}"
+    _how = "rejected"
 
 
-class WebSocketClosed(Exception):
+class WebSocketClosed(_WebSocketEnded):
     """The app closed the connection (``code``, ``reason``): raised by the receive that would
     have returned the next message, and by sends after it."""
 
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(code, reason)
-        self.code = code
-        self.reason = reason
-
-    def __str__(self) -> str:
-        suffix = f": {self.reason}" if self.reason else ""
-        return f"WebSocket connection closed by the app with code {self.code}{suffix}"
+    _how = "closed by the app"
