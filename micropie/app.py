@@ -49,6 +49,7 @@ from .sessions import (
 from .streaming import send_stream
 from .subapps import hand_over
 from .types import Receive, Scope, Send
+from .websocket_dispatch import WebSocketConnection
 
 __all__ = ["DEFAULT_MAX_BODY_SIZE", "DEFAULT_MAX_FORM_FIELD_SIZE", "App"]
 
@@ -160,9 +161,9 @@ class App:
         if kind == "http":
             await self._http(scope, receive, send)
         elif kind == "websocket":
-            from .websocket_dispatch import serve_websocket
-
-            await serve_websocket(self, scope, receive, send)
+            async with WebSocketConnection(self, scope, receive, send) as handler_call:
+                if handler_call is not None:
+                    await handler_call  # here, not a frame further down (see WebSocketConnection)
         elif kind == "lifespan":
             await self._lifetime.run(scope, receive, send)
 

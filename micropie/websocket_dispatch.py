@@ -7,7 +7,8 @@ The steps, in order (the connection's own lifetime is ``websocket.WebSocket``'s 
    (the ``WebSocket`` first, whatever its name; then path segment → query → default). A refusal
    is a ``websocket.close`` before accept, which hypercorn turns into an HTTP 403: its code and
    reason (MicroPie's) only reach in-process clients.
-2. **The handler** runs in this frame, inside ``async with ws._lifetime(...)`` (see ``websocket``).
+2. **The handler** runs in its own cancel scope (``websocket._lifetime``), its coroutine
+   awaited in ``App.__call__``'s frame (see ``WebSocketConnection``).
 3. **After the handler.** ``after_websocket`` runs (also after ``ConnectionClosed`` and after
    errors), then the session is saved unless the handler failed, then the connection is closed
    if the handler left it open: 1000 after a normal return, 1011 ``Internal server error``
@@ -21,13 +22,17 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from contextvars import Token
 from functools import partial
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
 
+import anyio.abc
+
 from . import routing
-from .request import WebSocketRequest, current_request
+from .request import Request, WebSocketRequest, current_request
 from .sessions import (
     SessionState,
     assign_websocket_session,
@@ -44,17 +49,30 @@ from .websocket import (
     close_message,
     only_connection_closed,
 )
+from .websocket._lifetime import enter_lifetime, exit_lifetime
 
 if TYPE_CHECKING:
     from .app import App
 
-__all__ = ["serve_websocket"]
+__all__ = ["WebSocketConnection"]
 
 logger = logging.getLogger("micropie")
 
 
-async def serve_websocket(app: App, scope: Scope, receive: Receive, send: Send) -> None:
-    """The ASGI call for one WebSocket connection (see the module docstring for the steps).
+class WebSocketConnection:
+    """One WebSocket connection being served, as ``App.__call__`` runs it::
+
+        async with WebSocketConnection(app, scope, receive, send) as handler_call:
+            if handler_call is not None:
+                await handler_call
+
+    Entering does the handshake, routing and binding, opens the handler's lifetime
+    (``websocket._lifetime``) and calls the handler; leaving ends the lifetime, runs
+    ``after_websocket``, saves the session and closes what the handler left open (the steps in
+    the module docstring). An async context manager rather than one coroutine that calls the
+    handler: the handler's coroutine is then awaited in the app's own frame, and every frame
+    between the app and the server is kept alive by every open connection (memory per idle
+    connection is a benchmark target) and passed through at every suspension.
 
     Sessions follow MicroPie 0.32: a connection without a valid session cookie gets a new id at
     once and ``accept()`` sends it as a cookie, because a cookie can only reach the browser on
@@ -62,64 +80,111 @@ async def serve_websocket(app: App, scope: Scope, receive: Receive, send: Send) 
     whose session is unknown is replaced the same way (fixation defence). The session is saved
     after the handler and ``after_websocket`` (deleted when emptied), not after an error.
     """
-    if (await receive()).get("type") == "websocket.disconnect":
-        return  # the client left during the handshake
-    request = WebSocketRequest(scope)
-    token = current_request.set(request)
-    try:
+
+    __slots__ = ("_app", "_handler_error", "_own_group", "_serving", "_state", "_token", "_ws")
+
+    def __init__(self, app: App, scope: Scope, receive: Receive, send: Send) -> None:
+        self._app = app
+        self._ws = WebSocket(
+            receive,
+            send,
+            session_cookie_secure=app.session_cookie_secure,
+            session_id_validator=_session_id_checker(app),
+            scope=scope,
+            request=WebSocketRequest(scope),
+        )
+        self._token: Token[Request] | None = None
+        self._state: SessionState | None = None
+        self._own_group: anyio.abc.TaskGroup | None = None
+        self._serving = False  # the handler's lifetime is open
+        self._handler_error: BaseException | None = None  # raised by the call itself
+
+    async def __aenter__(self) -> Awaitable[Any] | None:
+        """The handler's awaitable, already called; ``None`` when there is nothing to await
+        (the handshake was refused, or the handler is a plain function)."""
+        ws = self._ws
+        if (await ws._receive()).get("type") == "websocket.disconnect":
+            return None  # the client left during the handshake
+        self._token = current_request.set(ws.request)
         try:
-            state = await load_session(app, request)
+            call = await self._handshake()
+            if call is None:
+                return None
+            self._own_group = await enter_lifetime(ws, self._app._sweeper)
+            self._serving = True
+            try:
+                result = call()
+            except BaseException as error:  # handled on the way out, like an awaited one
+                self._handler_error = error
+                return None
+            return result if inspect.isawaitable(result) else None
+        except BaseException:
+            current_request.reset(self._token)
+            raise
+
+    async def _handshake(self) -> Callable[[], Any] | None:
+        """Session, ``before_websocket``, route and arguments: the handler, ready to call, or
+        ``None`` after refusing the connection."""
+        app, ws = self._app, self._ws
+        request = ws.request
+        assert isinstance(request, WebSocketRequest)
+        try:
+            self._state = state = await load_session(app, request)
             await _before_websocket(app, request)
             handler, plan = _route(app, request)
-            ws = WebSocket(
-                receive,
-                send,
-                session_cookie_secure=app.session_cookie_secure,
-                session_id_validator=_session_id_checker(app),
-                scope=scope,
-                request=request,
-            )
             ws._connect_pending = False
             args, kwargs = _bind(plan, ws, request)
             ws.session_id, ws._session_cookie_pending = await assign_websocket_session(app, state)
+            ws._max_message_size = getattr(app, "ws_max_message_size", DEFAULT_MAX_MESSAGE_SIZE)
         except Refused as refused:
-            await send(close_message(refused.code, refused.reason))
-            return
+            await ws._send(close_message(refused.code, refused.reason))
+            return None
         except Exception:
             logger.exception("WebSocket connection to %s failed before its handler", request.path)
-            await send(close_message(*INTERNAL_ERROR))
-            return
-        # The handler runs in this frame, not one more down: every open connection keeps its
-        # whole call stack alive, and memory per idle connection is a benchmark target.
-        failed = False
+            await ws._send(close_message(*INTERNAL_ERROR))
+            return None
+        return partial(handler, *args, **kwargs)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if self._token is None:
+            return False  # the client left during the handshake
         try:
-            ws._max_message_size = getattr(app, "ws_max_message_size", DEFAULT_MAX_MESSAGE_SIZE)
-            async with ws._lifetime(app._sweeper):
-                result = handler(*args, **kwargs)
-                del args, kwargs  # this frame lives as long as the connection
-                if inspect.isawaitable(result):
-                    await result
-        except Exception as error:
-            if not only_connection_closed(error):
-                failed = True
-                logger.exception("Unhandled exception in WebSocket handler for %s", request.path)
-        except BaseException:
+            if not self._serving:
+                return False
+            return await self._after_handler(exc)
+        finally:
+            current_request.reset(self._token)
+
+    async def _after_handler(self, raised: BaseException | None) -> bool:
+        """End the lifetime, then ``after_websocket``, the session save and the close the
+        handler did not send. Returns whether ``raised`` was dealt with (see ``__aexit__``)."""
+        app, ws = self._app, self._ws
+        request = ws.request
+        error = raised if raised is not None else self._handler_error
+        sweeper = app._sweeper if self._own_group is None else None
+        error = await exit_lifetime(ws, sweeper, self._own_group, error)
+        if error is not None and not isinstance(error, Exception):
             # A cancellation from outside (server shutdown), alone or in a group: say goodbye.
             await ws._going_away()
-            raise
-        await _after_handler(app, ws, request, state, failed)
-    finally:
-        current_request.reset(token)
-
-
-async def _after_handler(
-    app: App, ws: WebSocket, request: WebSocketRequest, state: SessionState, failed: bool
-) -> None:
-    """``after_websocket``, the session save, and the close the handler did not send."""
-    failed = not await _after_websocket(app, request) or failed
-    if not failed:
-        failed = not await _save_session(app, request, ws, state)
-    await ws._finish(failed)
+            if error is raised:
+                return False
+            raise error
+        failed = error is not None and not only_connection_closed(error)
+        if failed:
+            logger.error(
+                "Unhandled exception in WebSocket handler for %s", request.path, exc_info=error
+            )
+        failed = not await _after_websocket(app, request) or failed
+        if not failed:
+            assert self._state is not None
+            failed = not await _save_session(app, request, ws, self._state)
+        await ws._finish(failed)
+        return True
 
 
 #: One session-id checker per app, shared by its connections (``WebSocket.session_id_validator``).

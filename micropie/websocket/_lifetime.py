@@ -50,57 +50,71 @@ class _SendGate:
         self.release()
 
 
-class _Lifetime:
-    """The block a WebSocket handler runs in (see ``WebSocket._lifetime``).
+async def enter_lifetime(
+    ws: WebSocket, sweeper: DisconnectSweeper | None
+) -> anyio.abc.TaskGroup | None:
+    """Open the block a WebSocket handler runs in: its own cancel scope, entered here.
 
-    An async context manager rather than a coroutine that calls the handler: the handler then
-    runs in ``serve_websocket``'s own frame, one frame fewer between the app and the server at
-    every suspension and for as long as the connection is open.
+    The connection's tasks (``start_soon``, the pump, the 1001 at shutdown) are hosted by the
+    sweeper's task group, and the sweeper watches the handler; without a running sweeper (no
+    lifespan) the connection opens a task group of its own, returned here for
+    ``exit_lifetime``, and starts its pump at once. Functions, not a context manager object:
+    the caller (``WebSocketConnection``) already is one, and every object per connection is
+    paid for as long as the connection is open.
     """
+    host = sweeper.task_group if sweeper is not None else None
+    own_group = None
+    if host is None:
+        own_group = host = anyio.create_task_group()
+        await own_group.__aenter__()
+    ws._host = host
+    ws._handler_scope = handler_scope = anyio.CancelScope()
+    if own_group is None:
+        assert sweeper is not None
+        sweeper.register_websocket(ws)
+    else:
+        ws._start_pump()
+    handler_scope.__enter__()
+    return own_group
 
-    __slots__ = ("_own_group", "_sweeper", "_ws")
 
-    def __init__(self, ws: WebSocket, sweeper: DisconnectSweeper | None) -> None:
-        self._ws = ws
-        self._sweeper = sweeper
-        self._own_group: anyio.abc.TaskGroup | None = None
+async def exit_lifetime(
+    ws: WebSocket,
+    sweeper: DisconnectSweeper | None,
+    own_group: anyio.abc.TaskGroup | None,
+    error: BaseException | None,
+) -> BaseException | None:
+    """Close the block ``enter_lifetime`` opened; ``error`` is what the handler raised.
 
-    async def __aenter__(self) -> None:
-        ws, sweeper = self._ws, self._sweeper
-        host = sweeper.task_group if sweeper is not None else None
-        if host is None:  # no lifespan: the connection hosts its own tasks
-            self._sweeper = None
-            self._own_group = host = anyio.create_task_group()
-            await host.__aenter__()
-        ws._host = host
-        ws._handler_scope = handler_scope = anyio.CancelScope()
-        if self._sweeper is not None:
-            self._sweeper.register_websocket(ws)
-        else:
-            ws._start_pump()
-        handler_scope.__enter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        ws = self._ws
-        assert ws._handler_scope is not None
-        if ws._handler_scope.__exit__(exc_type, exc, tb):  # ours: grace, shutdown, a task failed
-            exc_type = exc = tb = None
-        ws._host = None  # the handler is done: no task may start any more
-        if self._sweeper is not None:
-            self._sweeper.unregister_websocket(ws)
-        own_group = self._own_group
+    Returns what ends the block: ``None`` when the handler returned or was cancelled by the
+    connection itself (grace after the client left, server shutdown, a failed task), else the
+    handler's exception, or what the connection's tasks raised (with the handler's exception,
+    as a group). The tasks are cancelled and awaited first: none outlives the connection.
+    """
+    handler_scope = ws._handler_scope
+    assert handler_scope is not None
+    if handler_scope.__exit__(*_exc_info(error)):  # ours: grace, shutdown, a task failed
+        error = None
+    ws._host = None  # the handler is done: no task may start any more
+    if own_group is None:
+        assert sweeper is not None
+        sweeper.unregister_websocket(ws)
+    try:
+        await ws._end_tasks(error)
+    except BaseException as failure:  # what the tasks raised (with the handler's exception)
+        error = failure
+    if own_group is not None:
         try:
-            await ws._end_tasks(exc)
-        except BaseException as error:  # what the tasks raised (with the handler's exception)
-            if own_group is None:
-                raise
-            exc_type, exc, tb = type(error), error, error.__traceback__
-        if own_group is not None:
             with collapse_excgroups():
-                await own_group.__aexit__(exc_type, exc, tb)
-        return exc is None
+                await own_group.__aexit__(*_exc_info(error))
+        except BaseException as failure:
+            return failure
+    return error
+
+
+def _exc_info(
+    error: BaseException | None,
+) -> tuple[type[BaseException] | None, BaseException | None, TracebackType | None]:
+    if error is None:
+        return None, None, None
+    return type(error), error, error.__traceback__

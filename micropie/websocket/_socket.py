@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Callable, Coroutine, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
@@ -24,12 +24,8 @@ from ..sessions import (
 )
 from ..types import Message, Receive, Scope, Send
 from ._errors import _GOING_AWAY, _TOO_BIG, INTERNAL_ERROR, ConnectionClosed, close_message
-from ._lifetime import _Lifetime, _SendGate
+from ._lifetime import _SendGate
 from ._messages import _as_bytes, _as_text, _payload, _receive_failed, _too_big
-
-if TYPE_CHECKING:
-    from ..disconnect import DisconnectSweeper
-
 
 logger = logging.getLogger("micropie")
 
@@ -126,7 +122,7 @@ class WebSocket:
         #: The subprotocol chosen in ``accept`` (``None`` when there is none).
         self.subprotocol: str | None = None
         self._state = _State.CONNECTING
-        self._connect_pending = True  # serve_websocket reads websocket.connect itself
+        self._connect_pending = True  # WebSocketConnection reads websocket.connect itself
         self._closed_by_handler = False
         self._close_info: tuple[int, str] | None = None  # set when the client is gone
         self._send_gate = _SendGate()
@@ -169,7 +165,7 @@ class WebSocket:
         ``subprotocol`` must be one the client offered (``ValueError`` otherwise, when the server
         said what was offered). ``session_id`` sets the session cookie to that id; it must pass
         the app's validator (``ValueError``). The accept carries a ``Set-Cookie`` when the
-        connection has a new session id (see ``serve_websocket``). A second call raises
+        connection has a new session id (see ``WebSocketConnection``). A second call raises
         ``RuntimeError("WebSocket connection already accepted")``.
         """
         if self._state is _State.OPEN:
@@ -427,19 +423,7 @@ class WebSocket:
             self._tasks = ConnectionTasks(self._host, self._handler_scope.cancel)
         return self._tasks
 
-    # --- the connection's lifetime (used by serve_websocket) -------------------------------
-
-    def _lifetime(self, sweeper: DisconnectSweeper | None) -> _Lifetime:
-        """``async with ws._lifetime(sweeper):`` around the handler call (``serve_websocket``).
-
-        The connection's tasks (``start_soon``, the pump, the 1001 at shutdown) run in the
-        sweeper's task group, which outlives every connection (see ``connection_tasks``), and
-        the handler reads ``receive()`` itself: the sweeper starts a pump only if the handler
-        stops reading (see ``_sweep``). Without a running sweeper (no lifespan) the connection
-        opens a task group of its own for them and starts the pump at once. Leaving the block
-        cancels and awaits those tasks and raises what they raised.
-        """
-        return _Lifetime(self, sweeper)
+    # --- the connection's lifetime (see ``_lifetime`` and ``WebSocketConnection``) ------------
 
     async def _end_tasks(self, failure: BaseException | None) -> None:
         """Cancel and await the connection's tasks; raise what they raised (with ``failure``,
