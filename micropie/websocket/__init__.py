@@ -2,9 +2,9 @@
 
 Theory of operation
 -------------------
-``websocket_dispatch.serve_websocket`` does the handshake, routing and sessions; then it calls
-the handler inside ``async with ws._lifetime(sweeper)`` (``_Lifetime``): the handler's own
-cancel scope, and nothing else per connection.
+``websocket_dispatch.WebSocketConnection`` does the handshake, routing and sessions; then it
+calls the handler inside the block ``_lifetime.enter_lifetime``/``exit_lifetime`` open and
+close: the handler's own cancel scope, and nothing else per connection.
 
 * The handler reads ``receive()`` itself while it waits in ``receive_*()``: no task hop per
   message, which is what an echo or chat handler does all day. The app's disconnect sweeper
