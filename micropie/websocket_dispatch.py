@@ -25,7 +25,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from contextvars import Token
 from functools import partial
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
 
@@ -145,18 +144,15 @@ class WebSocketConnection:
             return None
         return partial(handler, *args, **kwargs)
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
+    async def __aexit__(self, *exc_info: Any) -> bool:
+        """Everything after the handler (``_after_handler``); ``True`` when it dealt with what
+        the handler raised, which is all but a cancellation from outside."""
         if self._token is None:
             return False  # the client left during the handshake
         try:
             if not self._serving:
                 return False
-            return await self._after_handler(exc)
+            return await self._after_handler(exc_info[1])
         finally:
             current_request.reset(self._token)
 
