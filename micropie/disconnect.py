@@ -52,6 +52,8 @@ import anyio.lowlevel
 
 from .concurrency import collapse_excgroups
 from .types import Receive
+from .websocket._lifetime import going_away_soon
+from .websocket._pump import sweep
 
 if TYPE_CHECKING:
     from .multipart import MultipartForm
@@ -244,7 +246,7 @@ class DisconnectSweeper:
         """Watch an open WebSocket: a pump if its handler stops reading, 1001 at shutdown."""
         self._websockets.add(websocket)
         if self.stopping:
-            websocket._going_away_soon()
+            going_away_soon(websocket)
         elif self._idle and self._wakeup is not None:
             self._idle = False
             self._wakeup.set()
@@ -256,7 +258,7 @@ class DisconnectSweeper:
         """Graceful shutdown: every open WebSocket closes with 1001 (and later ones at once)."""
         self.stopping = True
         for websocket in self._websockets:
-            websocket._going_away_soon()
+            going_away_soon(websocket)
 
     def deadline_set(self, deadline: float) -> None:
         """A body deadline was set: sweep by then if the next sweep would come too late."""
@@ -313,7 +315,7 @@ class DisconnectSweeper:
 
     def _give_watchers(self, task_group: anyio.abc.TaskGroup) -> None:
         for websocket in self._websockets:
-            websocket._sweep()
+            sweep(websocket)
         for connection in self._in_flight:
             if connection.reading:
                 continue

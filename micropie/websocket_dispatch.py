@@ -1,6 +1,6 @@
 """Serving one WebSocket connection: handshake, routing, binding, sessions, middleware.
 
-The steps, in order (the connection's own lifetime is ``websocket.WebSocket``'s job):
+The steps, in order (the connection's own lifetime is ``websocket._lifetime``'s job):
 
 1. **Handshake.** Read ``websocket.connect``, load the session, run ``before_websocket``,
    route (``/chat/x`` → ``ws_chat(ws, "x")``, ``/`` → ``ws_index``) and bind the arguments
@@ -48,7 +48,7 @@ from .websocket import (
     close_message,
     only_connection_closed,
 )
-from .websocket._lifetime import enter_lifetime, exit_lifetime
+from .websocket._lifetime import enter_lifetime, exit_lifetime, finish, going_away
 
 if TYPE_CHECKING:
     from .app import App
@@ -166,7 +166,7 @@ class WebSocketConnection:
         error = await exit_lifetime(ws, sweeper, self._own_group, error)
         if error is not None and not isinstance(error, Exception):
             # A cancellation from outside (server shutdown), alone or in a group: say goodbye.
-            await ws._going_away()
+            await going_away(ws)
             if error is raised:
                 return False
             raise error
@@ -179,7 +179,7 @@ class WebSocketConnection:
         if not failed:
             assert self._state is not None
             failed = not await _save_session(app, request, ws, self._state)
-        await ws._finish(failed)
+        await finish(ws, failed)
         return True
 
 

@@ -38,9 +38,13 @@ Limits of what a framework can do on hypercorn: the app is told 1006 for every c
 on the trio worker a ``send()`` to a client that stopped reading sits in a shielded scope and
 cannot be cancelled; protocol violations drop the TCP connection without a close frame.
 
-The package: ``_socket`` holds ``WebSocket`` and its settings, ``_lifetime`` the block a handler
-runs in and the send gate, ``_messages`` the per-message helpers, ``_errors`` the exceptions and
-close codes.
+The package: ``_socket`` holds ``WebSocket``, what a handler calls (the per-message path
+included); the framework's side of a connection is module-level functions taking it: ``_pump``
+reads for a handler that does not (the sweeper's check, the pump, disconnects and messages over
+the limit), ``_lifetime`` is the block a handler runs in and how the connection ends (closed
+after the handler, 1001 at shutdown). ``_state`` holds what both sides use (the connection's
+state, its send gate, its tasks), ``_messages`` the per-message helpers, ``_errors`` the
+exceptions and close codes.
 """
 
 from ._errors import (
@@ -50,14 +54,10 @@ from ._errors import (
     close_message,
     only_connection_closed,
 )
-from ._socket import (
-    DEFAULT_MAX_MESSAGE_SIZE,
-    DISCONNECT_GRACE,
-    INBOX_SIZE,
-    WebSocket,
-)
+from ._lifetime import SHUTDOWN_CLOSE_TIMEOUT as SHUTDOWN_CLOSE_TIMEOUT
+from ._pump import DISCONNECT_GRACE, INBOX_SIZE
+from ._socket import DEFAULT_MAX_MESSAGE_SIZE, WebSocket
 from ._socket import SENDS_BETWEEN_CHECKPOINTS as SENDS_BETWEEN_CHECKPOINTS
-from ._socket import SHUTDOWN_CLOSE_TIMEOUT as SHUTDOWN_CLOSE_TIMEOUT
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",

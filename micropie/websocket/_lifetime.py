@@ -1,7 +1,12 @@
-"""The block a ``ws_`` handler runs in, and the gate that lets one send through at a time."""
+"""The block a ``ws_`` handler runs in, and how its connection ends: closed, or going away.
+
+Module-level functions taking the ``WebSocket``, called by ``WebSocketConnection`` and the
+disconnect sweeper: ``WebSocket`` keeps only what a handler calls.
+"""
 
 from __future__ import annotations
 
+import logging
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -9,45 +14,18 @@ import anyio
 import anyio.abc
 
 from ..concurrency import collapse_excgroups
+from ._errors import _GOING_AWAY, INTERNAL_ERROR, close_message
+from ._pump import end_soon, start_pump
+from ._state import _CLOSED, connection_tasks
 
 if TYPE_CHECKING:
     from ..disconnect import DisconnectSweeper
     from ._socket import WebSocket
 
+logger = logging.getLogger("micropie")
 
-class _SendGate:
-    """One send at a time (the handler, its tasks and the pump may all send).
-
-    ``anyio.Lock`` would do, but even uncontended it costs a task lookup and a cancellation
-    check per acquire, and a deque per connection: half of the framework's cost per echo.
-    Here the uncontended case is a flag; only a send that finds another in progress waits.
-    """
-
-    __slots__ = ("held", "waiters")
-
-    def __init__(self) -> None:
-        self.held = False
-        #: Set when the gate is released, while sends wait for it (``None`` when none waits).
-        self.waiters: anyio.Event | None = None
-
-    async def acquire(self) -> None:
-        while self.held:
-            if self.waiters is None:
-                self.waiters = anyio.Event()
-            await self.waiters.wait()
-        self.held = True
-
-    def release(self) -> None:
-        self.held = False
-        waiters, self.waiters = self.waiters, None
-        if waiters is not None:
-            waiters.set()  # every waiter re-checks; the first to run takes the gate
-
-    async def __aenter__(self) -> None:
-        await self.acquire()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.release()
+#: Seconds allowed for sending close 1001 when the server shuts the connection down.
+SHUTDOWN_CLOSE_TIMEOUT = 1.0
 
 
 async def enter_lifetime(
@@ -73,7 +51,7 @@ async def enter_lifetime(
         assert sweeper is not None
         sweeper.register_websocket(ws)
     else:
-        ws._start_pump()
+        start_pump(ws)
     handler_scope.__enter__()
     return own_group
 
@@ -100,7 +78,7 @@ async def exit_lifetime(
         assert sweeper is not None
         sweeper.unregister_websocket(ws)
     try:
-        await ws._end_tasks(error)
+        await _end_tasks(ws, error)
     except BaseException as failure:  # what the tasks raised (with the handler's exception)
         error = failure
     if own_group is not None:
@@ -112,9 +90,62 @@ async def exit_lifetime(
     return error
 
 
+async def _end_tasks(ws: WebSocket, failure: BaseException | None) -> None:
+    """Cancel and await the connection's tasks; raise what they raised (with ``failure``,
+    the handler's own exception, as a group)."""
+    tasks = ws._tasks
+    if tasks is not None:
+        await tasks.close()
+    if ws._inbox is not None:
+        ws._inbox.close()
+    if tasks is None or not tasks.errors:
+        return
+    errors: list[BaseException] = [*tasks.errors]
+    if failure is not None:
+        errors.insert(0, failure)
+    if len(errors) == 1:
+        raise errors[0]
+    raise BaseExceptionGroup("WebSocket connection tasks failed", errors)
+
+
 def _exc_info(
     error: BaseException | None,
 ) -> tuple[type[BaseException] | None, BaseException | None, TracebackType | None]:
     if error is None:
         return None, None, None
     return type(error), error, error.__traceback__
+
+
+def going_away_soon(ws: WebSocket) -> None:
+    """Graceful server shutdown: close with 1001 now, cancel the handler after a grace."""
+    if ws._host is not None:
+        connection_tasks(ws, "").start_soon(_leave, ws)
+
+
+async def _leave(ws: WebSocket) -> None:
+    await going_away(ws)
+    end_soon(ws)
+
+
+async def finish(ws: WebSocket, failed: bool) -> None:
+    """Close the connection if the handler left it open (1000, or 1011 after an error)."""
+    if ws._close_info is not None or ws._closed_by_handler:
+        return
+    code, reason = INTERNAL_ERROR if failed else (1000, "")
+    await _close_quietly(ws, code, reason)
+
+
+async def going_away(ws: WebSocket) -> None:
+    """Server shutdown: close with 1001, shielded and bounded, whatever the state."""
+    with anyio.move_on_after(SHUTDOWN_CLOSE_TIMEOUT, shield=True):
+        if ws._close_info is None and not ws._closed_by_handler:
+            await _close_quietly(ws, *_GOING_AWAY)
+
+
+async def _close_quietly(ws: WebSocket, code: int, reason: str) -> None:
+    ws._state = _CLOSED
+    ws._closed_by_handler = True
+    try:
+        await ws._send(close_message(code, reason))
+    except Exception:
+        logger.debug("Could not send WebSocket close %s", code, exc_info=True)

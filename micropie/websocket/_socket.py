@@ -5,15 +5,13 @@ See the package docstring for the theory of operation.
 
 from __future__ import annotations
 
-import enum
-import logging
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .. import json_codec
 from ..connection_tasks import ConnectionTasks
@@ -23,11 +21,10 @@ from ..sessions import (
     validate_session_id,
 )
 from ..types import Message, Receive, Scope, Send
-from ._errors import _GOING_AWAY, _TOO_BIG, INTERNAL_ERROR, ConnectionClosed, close_message
-from ._lifetime import _SendGate
+from ._errors import ConnectionClosed, close_message
 from ._messages import _as_bytes, _as_text, _payload, _receive_failed, _too_big
-
-logger = logging.getLogger("micropie")
+from ._pump import next_from_pump, reject
+from ._state import _CLOSED, _CONNECTING, _OPEN, _SendGate, connection_tasks
 
 _T = TypeVar("_T")
 
@@ -36,35 +33,11 @@ _T = TypeVar("_T")
 #: clients. ``App(ws_max_message_size=None)`` lifts it (hypercorn's own 16 MiB limit remains).
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
 
-#: Seconds a handler may keep running after the client left before it is cancelled. Long enough
-#: for a handler that sees ``ConnectionClosed`` to clean up, short enough that a push-only loop
-#: stops well within a second. Cleanup that needs longer belongs in ``after_websocket`` (which
-#: runs after the handler, uncancelled) or in a shielded scope.
-DISCONNECT_GRACE = 0.5
-
-#: Messages read ahead of the handler. Small, so a handler that does not read soon stops the
-#: server from reading the socket instead of buffering without bound.
-INBOX_SIZE = 8
-
 #: Sends in a row without a read after which a send yields to the event loop first (see
 #: ``WebSocket._send_frame``).
 SENDS_BETWEEN_CHECKPOINTS = 8
 
-#: Seconds allowed for sending close 1001 when the server shuts the connection down.
-SHUTDOWN_CLOSE_TIMEOUT = 1.0
-
 _NOT_ACCEPTED = "WebSocket connection not accepted"
-
-
-class _State(enum.Enum):
-    CONNECTING = "connecting"
-    OPEN = "open"
-    CLOSED = "closed"
-
-
-# Module constants, not ``_State.OPEN`` at each use: an enum member looked up through its class
-# costs ~45 ns on Python 3.11, and the state is checked on every message.
-_CONNECTING, _OPEN, _CLOSED = _State.CONNECTING, _State.OPEN, _State.CLOSED
 
 
 class WebSocket:
@@ -137,7 +110,7 @@ class WebSocket:
         self._handler_scope: anyio.CancelScope | None = None
         self._max_message_size: int | None = None
         self._reading = False  # the handler is waiting in receive() itself
-        self._reads = 0  # messages the handler has read, for the sweeper (see _sweep)
+        self._reads = 0  # messages the handler has read, for the sweeper (see _pump.sweep)
         self._reads_at_last_sweep = -1
         self._sends_since_read = 0  # see _send_frame
 
@@ -224,7 +197,7 @@ class WebSocket:
             raise RuntimeError(_NOT_ACCEPTED)
         while True:
             if self._inbox is not None:
-                message = await self._next_from_pump(self._inbox, iterating)
+                message = await next_from_pump(self, self._inbox, iterating)
                 return convert(message)
             if self._close_info is not None:
                 if iterating:
@@ -252,40 +225,7 @@ class WebSocket:
                     if text is not None and convert is not _as_bytes:
                         return text  # type: ignore[no-any-return]  # what _payload, _as_text give
                     return convert(message)
-            await self._reject(message)
-
-    async def _next_from_pump(
-        self, inbox: MemoryObjectReceiveStream[Message], iterating: bool
-    ) -> Message:
-        try:
-            message = await inbox.receive()
-        except (anyio.EndOfStream, anyio.ClosedResourceError):
-            if iterating:
-                raise StopAsyncIteration from None
-            raise self._connection_closed() from None
-        self._reads += 1
-        self._sends_since_read = 0
-        return message
-
-    async def _reject(self, message: Message) -> None:
-        """A message that is not for the handler: a disconnect, one too big, or another type."""
-        kind = message.get("type")
-        if kind == "websocket.receive":
-            await self._refuse_oversized()
-            self._end_soon()
-        elif kind == "websocket.disconnect":
-            self._client_left(message.get("code", 1005), message.get("reason") or "")
-            self._end_soon()
-
-    def _end_soon(self) -> None:
-        """The connection is over: the handler gets ``DISCONNECT_GRACE`` to notice and finish
-        (a handler blocked elsewhere, or one that ignores ``ConnectionClosed``, is cancelled).
-
-        A deadline on the handler's scope rather than a task that sleeps: nothing to start.
-        """
-        scope = self._handler_scope
-        if scope is not None and not self._closed_by_handler:
-            scope.deadline = min(scope.deadline, anyio.current_time() + DISCONNECT_GRACE)
+            await reject(self, message)
 
     def receive(self) -> Coroutine[Any, Any, str | bytes]:
         """The next message: ``str`` for a text frame, ``bytes`` for a binary one (awaitable).
@@ -418,109 +358,6 @@ class WebSocket:
         cancelled); if it raises, the handler is cancelled and the connection closes with 1011.
         ``RuntimeError`` when the connection is not being served.
         """
-        self._connection_tasks("start_soon() needs a connection that is being served").start_soon(
+        connection_tasks(self, "start_soon() needs a connection that is being served").start_soon(
             function, *args
         )
-
-    def _connection_tasks(self, refusal: str) -> ConnectionTasks:
-        """The connection's tasks, made on first use: most connections never start one."""
-        if self._tasks is None:
-            if self._host is None or self._handler_scope is None:
-                raise RuntimeError(refusal)
-            self._tasks = ConnectionTasks(self._host, self._handler_scope.cancel)
-        return self._tasks
-
-    # --- the connection's lifetime (see ``_lifetime`` and ``WebSocketConnection``) ------------
-
-    async def _end_tasks(self, failure: BaseException | None) -> None:
-        """Cancel and await the connection's tasks; raise what they raised (with ``failure``,
-        the handler's own exception, as a group)."""
-        tasks = self._tasks
-        if tasks is not None:
-            await tasks.close()
-        if self._inbox is not None:
-            self._inbox.close()
-        if tasks is None or not tasks.errors:
-            return
-        errors: list[BaseException] = [*tasks.errors]
-        if failure is not None:
-            errors.insert(0, failure)
-        if len(errors) == 1:
-            raise errors[0]
-        raise BaseExceptionGroup("WebSocket connection tasks failed", errors)
-
-    def _sweep(self) -> None:
-        """Called by the sweeper every interval: start a pump for a handler that stopped reading.
-
-        A handler that has read nothing since the last sweep and is not waiting in ``receive()``
-        now (a push-only loop, a long computation) would not notice the client leaving; the pump
-        reads for it from then on. A handler that keeps reading never pays for a pump.
-        """
-        if self._inbox is not None or self._reading or self._host is None:
-            return
-        if self._reads == self._reads_at_last_sweep:
-            self._start_pump()
-        self._reads_at_last_sweep = self._reads
-
-    def _start_pump(self) -> None:
-        tasks = self._connection_tasks("The pump needs a connection that is being served")
-        inbox_send, self._inbox = anyio.create_memory_object_stream[Message](INBOX_SIZE)
-        tasks.start_soon(self._pump, inbox_send)
-
-    def _going_away_soon(self) -> None:
-        """Graceful server shutdown: close with 1001 now, cancel the handler after a grace."""
-        if self._host is not None:
-            self._connection_tasks("").start_soon(self._leave)
-
-    async def _leave(self) -> None:
-        await self._going_away()
-        self._end_soon()
-
-    async def _pump(self, inbox: MemoryObjectSendStream[Message]) -> None:
-        """Own ``receive()`` for a handler that does not read: feed its inbox, notice the
-        client leaving, and cancel the handler ``DISCONNECT_GRACE`` after that."""
-        with inbox:
-            while self._close_info is None:
-                try:
-                    message = await self._receive()
-                except Exception:
-                    message = _receive_failed()
-                if message.get("type") == "websocket.receive" and not _too_big(
-                    message, self._max_message_size
-                ):
-                    await inbox.send(message)
-                else:
-                    await self._reject(message)
-
-    async def _refuse_oversized(self) -> bool:
-        """Close with 1009 if the connection is open; return whether it was."""
-        async with self._send_gate:
-            if self._state is not _OPEN:
-                return False
-            self._client_left(*_TOO_BIG)
-            try:
-                await self._send(close_message(*_TOO_BIG))
-            except OSError:
-                logger.debug("Could not send close 1009", exc_info=True)
-        return True
-
-    async def _finish(self, failed: bool) -> None:
-        """Close the connection if the handler left it open (1000, or 1011 after an error)."""
-        if self._close_info is not None or self._closed_by_handler:
-            return
-        code, reason = INTERNAL_ERROR if failed else (1000, "")
-        await self._close_quietly(code, reason)
-
-    async def _going_away(self) -> None:
-        """Server shutdown: close with 1001, shielded and bounded, whatever the state."""
-        with anyio.move_on_after(SHUTDOWN_CLOSE_TIMEOUT, shield=True):
-            if self._close_info is None and not self._closed_by_handler:
-                await self._close_quietly(*_GOING_AWAY)
-
-    async def _close_quietly(self, code: int, reason: str) -> None:
-        self._state = _CLOSED
-        self._closed_by_handler = True
-        try:
-            await self._send(close_message(code, reason))
-        except Exception:
-            logger.debug("Could not send WebSocket close %s", code, exc_info=True)

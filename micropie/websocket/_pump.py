@@ -1,0 +1,122 @@
+"""Reading for a handler: the sweeper's check, the pump, and messages a handler must not get.
+
+The framework's side of the receive path (see the package docstring): a handler that stopped
+reading gets a pump that reads for it into a small inbox, and a disconnect or a message over the
+size limit ends the connection. Module-level functions taking the ``WebSocket``, as the
+``_lifetime`` ones are: ``WebSocket`` keeps only what a handler calls, and its receive path
+calls out here only on its rare branches (a pump running, a message it does not return).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ..types import Message
+from ._errors import _TOO_BIG, close_message
+from ._messages import _receive_failed, _too_big
+from ._state import _OPEN, connection_tasks
+
+if TYPE_CHECKING:
+    from ._socket import WebSocket
+
+logger = logging.getLogger("micropie")
+
+#: Seconds a handler may keep running after the client left before it is cancelled. Long enough
+#: for a handler that sees ``ConnectionClosed`` to clean up, short enough that a push-only loop
+#: stops well within a second. Cleanup that needs longer belongs in ``after_websocket`` (which
+#: runs after the handler, uncancelled) or in a shielded scope.
+DISCONNECT_GRACE = 0.5
+
+#: Messages read ahead of the handler. Small, so a handler that does not read soon stops the
+#: server from reading the socket instead of buffering without bound.
+INBOX_SIZE = 8
+
+
+def sweep(ws: WebSocket) -> None:
+    """Called by the sweeper every interval: start a pump for a handler that stopped reading.
+
+    A handler that has read nothing since the last sweep and is not waiting in ``receive()``
+    now (a push-only loop, a long computation) would not notice the client leaving; the pump
+    reads for it from then on. A handler that keeps reading never pays for a pump.
+    """
+    if ws._inbox is not None or ws._reading or ws._host is None:
+        return
+    if ws._reads == ws._reads_at_last_sweep:
+        start_pump(ws)
+    ws._reads_at_last_sweep = ws._reads
+
+
+def start_pump(ws: WebSocket) -> None:
+    tasks = connection_tasks(ws, "The pump needs a connection that is being served")
+    inbox_send, ws._inbox = anyio.create_memory_object_stream[Message](INBOX_SIZE)
+    tasks.start_soon(_pump, ws, inbox_send)
+
+
+async def _pump(ws: WebSocket, inbox: MemoryObjectSendStream[Message]) -> None:
+    """Own ``receive()`` for a handler that does not read: feed its inbox, notice the
+    client leaving, and cancel the handler ``DISCONNECT_GRACE`` after that."""
+    with inbox:
+        while ws._close_info is None:
+            try:
+                message = await ws._receive()
+            except Exception:
+                message = _receive_failed()
+            if message.get("type") == "websocket.receive" and not _too_big(
+                message, ws._max_message_size
+            ):
+                await inbox.send(message)
+            else:
+                await reject(ws, message)
+
+
+async def next_from_pump(
+    ws: WebSocket, inbox: MemoryObjectReceiveStream[Message], iterating: bool
+) -> Message:
+    try:
+        message = await inbox.receive()
+    except (anyio.EndOfStream, anyio.ClosedResourceError):
+        if iterating:
+            raise StopAsyncIteration from None
+        raise ws._connection_closed() from None
+    ws._reads += 1
+    ws._sends_since_read = 0
+    return message
+
+
+async def reject(ws: WebSocket, message: Message) -> None:
+    """A message that is not for the handler: a disconnect, one too big, or another type."""
+    kind = message.get("type")
+    if kind == "websocket.receive":
+        await _refuse_oversized(ws)
+        end_soon(ws)
+    elif kind == "websocket.disconnect":
+        ws._client_left(message.get("code", 1005), message.get("reason") or "")
+        end_soon(ws)
+
+
+async def _refuse_oversized(ws: WebSocket) -> bool:
+    """Close with 1009 if the connection is open; return whether it was."""
+    async with ws._send_gate:
+        if ws._state is not _OPEN:
+            return False
+        ws._client_left(*_TOO_BIG)
+        try:
+            await ws._send(close_message(*_TOO_BIG))
+        except OSError:
+            logger.debug("Could not send close 1009", exc_info=True)
+    return True
+
+
+def end_soon(ws: WebSocket) -> None:
+    """The connection is over: the handler gets ``DISCONNECT_GRACE`` to notice and finish
+    (a handler blocked elsewhere, or one that ignores ``ConnectionClosed``, is cancelled).
+
+    A deadline on the handler's scope rather than a task that sleeps: nothing to start.
+    """
+    scope = ws._handler_scope
+    if scope is not None and not ws._closed_by_handler:
+        scope.deadline = min(scope.deadline, anyio.current_time() + DISCONNECT_GRACE)
