@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,6 +17,8 @@ from micropie.testing import (
     ASGIProtocolError,
     LifespanError,
     TestClient,
+    WebSocketClosed,
+    WebSocketRejected,
 )
 from micropie.types import Message, Receive, Scope, Send
 
@@ -395,6 +398,23 @@ async def test_failing_shutdown_raises() -> None:
     with pytest.raises(LifespanError, match="shutdown failed: flush failed"):
         async with TestClient(app):
             pass
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        LifespanError("startup", "database is down"),
+        WebSocketRejected(1008, "No matching WebSocket route"),
+        WebSocketClosed(1000, "Done"),
+    ],
+    ids=lambda error: type(error).__name__,
+)
+def test_testing_errors_survive_pickling(error: Exception) -> None:
+    """pytest-xdist and multiprocessing pickle exceptions: same type, fields and text after."""
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is type(error)
+    assert str(copy) == str(error)
+    assert vars(copy) == vars(error)
 
 
 @pytest.mark.parametrize("behaviour", ["raises", "returns"])

@@ -26,6 +26,11 @@ class LifespanError(RuntimeError):
         self.phase = phase
         self.message = message
 
+    def __reduce__(self) -> tuple[type[LifespanError], tuple[str, str]]:
+        # Its ``args`` hold the formatted text, not the constructor's arguments: without this
+        # it cannot be unpickled (pytest-xdist, multiprocessing).
+        return type(self), (self.phase, self.message)
+
 
 class _WebSocketEnded(Exception):
     """A WebSocket connection the test holds is over; ``code`` and ``reason`` are the app's.
