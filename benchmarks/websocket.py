@@ -13,11 +13,12 @@ hand-written raw ASGI echo app measured in the same run:
    again. The score is the RSS growth divided by the number of connections.
 
 Servers are ``python -m hypercorn --workers 0`` subprocesses (the worker runs in the process
-whose RSS is read), bound to 127.0.0.1 on a free port, each run bounded in time. The clients
-are the ``websockets`` library (asyncio) in this process, without compression (a per-message
-deflate context costs far more memory than any framework and would hide the difference) and
-without keep-alive pings. Throughput repetitions alternate the order of the two apps; a ratio
-is the median of per-repetition ratios.
+whose RSS is read), bound to 127.0.0.1 on a free port, each run bounded in time. With two or
+more CPUs the clients are pinned to the first and the servers to the last (see ``CLIENT_CPU``).
+The clients are the ``websockets`` library (asyncio) in this process, without compression (a
+per-message deflate context costs far more memory than any framework and would hide the
+difference) and without keep-alive pings. Throughput repetitions alternate the order of the
+apps; a ratio is the median of per-repetition ratios.
 
 This file is also the servers' app module: hypercorn loads ``websocket.py:build('raw')`` or
 ``build('micropie')``, so nothing from the client side is imported at module level.
@@ -132,6 +133,22 @@ def starlette_app() -> Any:
 # --------------------------------------------------------------------------- hypercorn
 
 
+def _cpus() -> list[int]:
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+
+
+#: Where the clients (this process) and the server run: one CPU each when there are two or more.
+#: Left to the scheduler, a server sometimes shares or ping-pongs a core with the clients for a
+#: whole run and costs ~45 instead of ~32 µs of CPU per echo (raw and micropie alike): a
+#: lottery per server process that swamped the few per cent this benchmark is about.
+CLIENT_CPU, SERVER_CPU = (_cpus()[0], _cpus()[-1]) if len(_cpus()) >= 2 else (None, None)
+
+
+def pin(pid: int, cpu: int | None) -> None:
+    if cpu is not None:
+        os.sched_setaffinity(pid, {cpu})
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -168,6 +185,7 @@ class Server:
             self.process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, cwd=HERE.parent
             )
+        pin(self.process.pid, SERVER_CPU)
 
     @property
     def url(self) -> str:
@@ -438,7 +456,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     settings = parse_args(argv)
+    pin(0, CLIENT_CPU)
     results = Results(settings={**vars(settings), "versions": versions(), "payload": len(PAYLOAD)})
+    results.settings["cpus"] = {"client": CLIENT_CPU, "server": SERVER_CPU}
     results.settings["load_average_before"] = os.getloadavg()
     for worker in settings.workers:
         print(f"hypercorn-{worker}: throughput", file=sys.stderr)
