@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import re
@@ -65,6 +66,59 @@ broadcast = Broadcast(
 TRACE = array("d")
 
 
+# --- the server's garbage collector: what it did during a measurement, and experiments ------
+#
+# FANOUT_GC_STATS=1 (``--gc-stats``) counts the collections of each generation and their
+# pauses through ``gc.callbacks``; ``/trace`` reports and resets them. FANOUT_GC (``--gc``)
+# is an experiment applied to *every* server of the run alike when ``/trace`` is first
+# called, i.e. after all subscribers joined: ``disable`` turns the collector off, ``freeze``
+# collects once and moves every object alive then out of the collector's sight
+# (``gc.freeze()``). The headline numbers are the default: the collector as Python ships it.
+
+GC_MODE = os.environ.get("FANOUT_GC", "default")
+#: Per generation: collections, total pause (s), longest pause (s); reset by ``/trace``.
+GC_STATS = array("d", [0.0] * 9)
+_gc_started = array("d", [0.0])
+
+
+def _gc_callback(phase: str, info: dict[str, int]) -> None:
+    if phase == "start":
+        _gc_started[0] = time.perf_counter()
+        return
+    pause = time.perf_counter() - _gc_started[0]
+    generation = info["generation"]
+    GC_STATS[generation] += 1
+    GC_STATS[3 + generation] += pause
+    GC_STATS[6 + generation] = max(GC_STATS[6 + generation], pause)
+
+
+GC_STATS_ON = bool(os.environ.get("FANOUT_GC_STATS"))
+if GC_STATS_ON:
+    gc.callbacks.append(_gc_callback)
+
+
+def trace_report() -> bytes:
+    """The server-side latencies and GC counts since the last call (then forgotten); the
+    first call also applies the ``FANOUT_GC`` experiment."""
+    report: dict[str, Any] = {"latencies": TRACE.tolist()}
+    if GC_STATS_ON:
+        report["gc"] = {
+            "collections": [int(n) for n in GC_STATS[0:3]],
+            "pause_ms": [round(s * 1000, 2) for s in GC_STATS[3:6]],
+            "max_ms": [round(s * 1000, 2) for s in GC_STATS[6:9]],
+            "tracked": [len(gc.get_objects(generation)) for generation in range(3)],
+            "frozen": gc.get_freeze_count(),
+        }
+    del TRACE[:]
+    if GC_MODE == "disable":
+        gc.disable()
+    elif GC_MODE == "freeze" and gc.get_freeze_count() == 0:
+        gc.collect()
+        gc.freeze()
+    GC_STATS[:] = array("d", [0.0] * 9)
+    return json.dumps(report).encode()
+
+
 class FanoutApp(App):
     async def ws_sub(self, ws: Any) -> None:
         await ws.accept()
@@ -77,10 +131,8 @@ class FanoutApp(App):
                     TRACE.append(time.time() - float(sent))
 
     async def trace(self) -> str:
-        """The server-side latencies recorded since the last call (then forgotten)."""
-        values = TRACE.tolist()
-        del TRACE[:]
-        return json.dumps(values)
+        """The server-side latencies and GC counts since the last call (see ``trace_report``)."""
+        return trace_report().decode()
 
     async def ws_pub(self, ws: Any) -> None:
         await ws.accept()
@@ -106,8 +158,11 @@ async def raw_app(scope: Any, receive: Any, send: Any) -> None:
             if kind == "shutdown":
                 return
     if scope["type"] != "websocket":
-        await send({"type": "http.response.start", "status": 404, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
+        body = trace_report() if scope["path"] == "/trace" else b""
+        length = [(b"content-length", str(len(body)).encode())]
+        status = 200 if body else 404
+        await send({"type": "http.response.start", "status": status, "headers": length})
+        await send({"type": "http.response.body", "body": body})
         return
     await receive()  # websocket.connect
     await send({"type": "websocket.accept"})
@@ -240,6 +295,8 @@ class Result:
     lost: int = 0
     server_us: float | None = None  # server CPU per delivery (latency phase)
     client_us: float | None = None  # client process CPU per delivery (latency phase)
+    gc: dict[str, Any] | None = None  # the server's collections (latency phase)
+    gc_before: dict[str, Any] | None = None  # and what it had done before (the handshakes)
 
     def percentiles(self, values: list[float]) -> tuple[float, float]:
         ordered = sorted(values)
@@ -251,20 +308,29 @@ class Result:
             return "–" if value is None else f"{value:.1f}"
 
         if not self.latencies:
-            return f"| {self.name} | {self.clients} | – | – | – | – | – | – | {self.lost} |"
+            return f"| {self.name} | {self.clients} | – | – | – | – | – | – | {self.lost} | – |"
         p50, p99 = self.percentiles(self.latencies)
         server = "–"
         if self.server_latencies:
             server = "{:.1f} / {:.1f}".format(*self.percentiles(self.server_latencies))
         return (
             f"| {self.name} | {self.clients} | {p50:.1f} | {p99:.1f} | {server} "
-            f"| {us(self.server_us)} | {us(self.client_us)} | {self.rate:,.0f} | {self.lost} |"
+            f"| {us(self.server_us)} | {us(self.client_us)} | {self.rate:,.0f} | {self.lost} "
+            f"| {self.gc_summary()} |"
         )
+
+    def gc_summary(self) -> str:
+        """``gen0/gen1/gen2 collections; gen2 total (longest) pause ms``, or – without stats."""
+        if not self.gc or not any(self.gc["collections"]):
+            return "–"
+        counts = "/".join(str(int(n)) for n in self.gc["collections"])
+        return f"{counts}; {self.gc['pause_ms'][2]:.0f} ({self.gc['max_ms'][2]:.0f})"
 
 
 HEADER = (
     "| setup | clients | p50 ms | p99 ms | server-side p50 / p99 ms | server µs/delivery "
-    "| client µs/delivery | deliveries/s | lost in burst |\n|---|---|---|---|---|---|---|---|---|"
+    "| client µs/delivery | deliveries/s | lost in burst | server GC gen0/1/2; gen2 ms (max) |"
+    "\n|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -513,7 +579,7 @@ async def measure(
         await asyncio.wait_for(ready.acquire(), 30)
     async with connect(protocol, protocol.pub_path) as publisher:
         await protocol.handshake(publisher)
-        await fetch_server_trace(protocol)  # forget the handshakes
+        result.gc_before = (await fetch_server_trace(protocol)).get("gc")  # forget handshakes
         cpu_server, cpu_client = process_cpu_ns(server_pid), time.process_time()
         for number in range(messages):
             all_in.clear()
@@ -526,7 +592,8 @@ async def measure(
         deliveries = max(counts["received"], 1)
         result.server_us = (process_cpu_ns(server_pid) - cpu_server) / 1000 / deliveries
         result.client_us = (time.process_time() - cpu_client) * 1e6 / deliveries
-        result.server_latencies = await fetch_server_trace(protocol)
+        trace = await fetch_server_trace(protocol)
+        result.server_latencies, result.gc = trace.get("latencies", []), trace.get("gc")
         all_in.clear()
         start = time.perf_counter()
         counts["received"], counts["expected"] = 0, burst * clients
@@ -544,16 +611,17 @@ async def measure(
     return result
 
 
-async def fetch_server_trace(protocol: Protocol) -> list[float]:
-    """The server-side latencies the micropie app recorded since the last call (and reset)."""
-    if protocol.kind != "micropie":
-        return []
+async def fetch_server_trace(protocol: Protocol) -> dict[str, Any]:
+    """What the server recorded since the last call (then reset): the micropie app's
+    latencies and, with ``--gc-stats``, the collector's work (see ``trace_report``)."""
+    if protocol.kind == "socketio":
+        return {}
     reader, writer = await asyncio.open_connection("127.0.0.1", protocol.port)
     writer.write(b"GET /trace HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     response = await reader.read()
     writer.close()
     body = response.partition(b"\r\n\r\n")[2]
-    return [float(value) for value in json.loads(body)]
+    return dict(json.loads(body))
 
 
 # --- in process: the broadcast alone, no sockets --------------------------------------------
@@ -621,6 +689,16 @@ def main() -> None:
     parser.add_argument(
         "--inprocess-only", action="store_true", help="only the broadcast itself, no sockets"
     )
+    parser.add_argument(
+        "--gc-stats", action="store_true", help="count the servers' GC collections and pauses"
+    )
+    parser.add_argument(
+        "--gc",
+        choices=["default", "disable", "freeze"],
+        default="default",
+        help="experiment, on every server alike once the subscribers joined: "
+        "gc.disable() or gc.freeze() (default: the collector as shipped)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.messages, args.burst = 10, 20
@@ -675,7 +753,11 @@ def main() -> None:
             )
         for name, target, worker, url, kind in setups:
             for count in counts:
-                server = Server(target, worker, {"FANOUT_BROADCAST_URL": url} if url else {})
+                env = {"FANOUT_BROADCAST_URL": url} if url else {}
+                env["FANOUT_GC"] = args.gc
+                if args.gc_stats:
+                    env["FANOUT_GC_STATS"] = "1"
+                server = Server(target, worker, env)
                 try:
                     protocol = Protocol(kind, server.port)
                     result = asyncio.run(
@@ -704,6 +786,19 @@ def report(results: list[Result]) -> None:
     print(HEADER)
     for result in results:
         print(result.row())
+    with_gc = [result for result in results if result.gc]
+    if with_gc:
+        print()
+        print("Server GC (--gc-stats): tracked objects per generation when the measurement")
+        print("started; collections and pauses during the handshakes and the latency phase.")
+        for result in with_gc:
+            for phase, stats in [("handshakes", result.gc_before), ("latency", result.gc)]:
+                if stats:
+                    print(
+                        f"  {result.name} {result.clients} {phase}: tracked {stats['tracked']}"
+                        f" frozen {stats['frozen']}, collections {stats['collections']},"
+                        f" pause ms {stats['pause_ms']}, longest {stats['max_ms']}"
+                    )
 
 
 if __name__ == "__main__":

@@ -260,6 +260,34 @@ async def test_a_reader_cancelled_while_parked_leaves_the_others_alone(channel: 
     assert not broadcast._hub.wanted(channel)
 
 
+async def test_a_reader_that_parks_again_and_again_wakes_each_time_and_at_the_end(
+    channel: str,
+) -> None:
+    """Each wait parks on a fresh wake-up: one message at a time, published only once every
+    reader is parked, reaches every reader; then closing the broadcast ends their loops."""
+    broadcast = Broadcast()
+    received: dict[int, list[str]] = {number: [] for number in range(MANY)}
+    ended: list[int] = []
+
+    async def reader(number: int, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        async with broadcast.subscribe(channel) as subscription:
+            task_status.started()
+            async for message in subscription:
+                received[number].append(message.data)
+        ended.append(number)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as task_group, broadcast:
+            for number in range(MANY):
+                await task_group.start(reader, number)
+            for text in map(str, range(5)):
+                await anyio.wait_all_tasks_blocked()  # every reader parked again
+                await broadcast.publish(channel, text)
+            await anyio.wait_all_tasks_blocked()
+    assert all(got == ["0", "1", "2", "3", "4"] for got in received.values())
+    assert sorted(ended) == list(range(MANY))
+
+
 async def test_shutdown_ends_many_parked_readers(url: str, channel: str) -> None:
     broadcast = Broadcast(url)
     finished: list[int] = []
