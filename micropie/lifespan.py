@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.abc
 
-from .types import Receive, Scope, Send
+from .types import Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from .app import App
@@ -53,22 +53,31 @@ class AppLifetime:
         self.stopping: anyio.Event | None = None
 
     async def run(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Serve the lifespan protocol until shutdown (the ASGI ``lifespan`` call)."""
+        """Serve the lifespan protocol until shutdown (the ASGI ``lifespan`` call).
+
+        The last answer (``shutdown.complete``, or a ``failed``) is sent only once the app's
+        task group, sweeper and background tasks included, has ended: a server may cancel the
+        lifespan call as soon as it has that answer (hypercorn does, on its asyncio worker),
+        and a call still winding its tasks down would end in a ``CancelledError`` traceback.
+        """
         self.stopping = anyio.Event()
         async with anyio.create_task_group() as task_group, AsyncExitStack() as context:
             self._task_group = task_group
             try:
                 await task_group.start(self._app._sweeper.run)
-                await self._converse(scope, receive, send, context)
+                last_answer = await self._converse(scope, receive, send, context)
             finally:
                 self._task_group = None
                 self.stopping.set()  # connections still open see the app go
                 self.stopping = None
                 task_group.cancel_scope.cancel()
+        await send(last_answer)
 
     async def _converse(
         self, scope: Scope, receive: Receive, send: Send, context: AsyncExitStack
-    ) -> None:
+    ) -> Message:
+        """Answer ``lifespan.startup``; return the answer to ``lifespan.shutdown`` (or to a
+        failed startup), for ``run`` to send once everything has ended."""
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
@@ -76,18 +85,15 @@ class AppLifetime:
                     await self._start(scope, context)
                 except Exception as error:
                     logger.exception("Application startup failed")
-                    await send({"type": "lifespan.startup.failed", "message": str(error)})
-                    return
+                    return {"type": "lifespan.startup.failed", "message": str(error)}
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 try:
                     await self._stop(context)
                 except Exception as error:
                     logger.exception("Application shutdown failed")
-                    await send({"type": "lifespan.shutdown.failed", "message": str(error)})
-                    return
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+                    return {"type": "lifespan.shutdown.failed", "message": str(error)}
+                return {"type": "lifespan.shutdown.complete"}
 
     async def _start(self, scope: Scope, context: AsyncExitStack) -> None:
         """``startup_handlers`` in order, then the ``lifespan=`` context manager, if any."""

@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import pytest
 from drive import Client, http_scope, lifespan
 
@@ -157,3 +158,48 @@ async def test_start_waits_for_the_task_to_be_ready() -> None:
             assert await app.start(server) == 8080
             with pytest.raises(ValueError, match="bad configuration"):
                 await app.start(broken)
+
+
+async def test_the_shutdown_answer_comes_after_the_apps_tasks_have_ended() -> None:
+    """A server may cancel the lifespan call as soon as it has the shutdown answer (hypercorn's
+    asyncio worker does): by then the app's background tasks must be over and the call must
+    return, not end in a cancellation (a ``CancelledError`` traceback at every stop)."""
+    app = App()
+    tasks_ended: list[str] = []
+
+    async def background() -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.lowlevel.checkpoint()  # winding down takes a trip to the loop
+            tasks_ended.append("background")
+
+    app.startup_handlers.append(lambda: app.start_soon(background))
+    to_app, from_server = anyio.create_memory_object_stream[dict[str, Any]](4)
+    started = anyio.Event()
+    seen_at_answer: list[list[str]] = []
+    call_returned = False
+
+    with to_app, from_server, anyio.fail_after(5), anyio.CancelScope() as server:
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                started.set()
+            elif message["type"] == "lifespan.shutdown.complete":
+                seen_at_answer.append(list(tasks_ended))
+                server.cancel()  # the server has its answer: it stops waiting for the call
+
+        async def call() -> None:
+            nonlocal call_returned
+            await app({"type": "lifespan", "state": {}}, from_server.receive, send)
+            call_returned = True
+
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(call)
+            await to_app.send({"type": "lifespan.startup"})
+            await started.wait()
+            await to_app.send({"type": "lifespan.shutdown"})
+            await anyio.sleep_forever()
+    assert seen_at_answer == [["background"]]
+    assert call_returned
