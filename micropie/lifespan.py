@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.abc
 
+from .allocator import keep_receive_buffers_off_mmap
 from .types import Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ class AppLifetime:
         and a call still winding its tasks down would end in a ``CancelledError`` traceback.
         """
         self.stopping = anyio.Event()
+        keep_receive_buffers_off_mmap()  # the server is starting: see ``allocator``
         async with anyio.create_task_group() as task_group, AsyncExitStack() as context:
             self._task_group = task_group
             try:
