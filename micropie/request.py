@@ -191,14 +191,21 @@ class Request:
     @property
     def cookies(self) -> dict[str, str]:
         if self._cookies is None:
-            header = self.headers.get("cookie") if self._may_have_cookies() else None
-            self._cookies = parse_cookies(header) if header else {}
+            self._cookies = self._sent_cookies() or {}
         return self._cookies
 
-    def _may_have_cookies(self) -> bool:
-        """False when the raw headers have no ``Cookie``: then ``headers`` need not be built
-        (sessions look for their cookie on every request and every WebSocket connection)."""
-        return self._headers is not None or scan_headers(self.scope)[2]
+    def _sent_cookies(self) -> dict[str, str] | None:
+        """The cookies, or ``None`` when the request has no ``Cookie`` header: then neither
+        ``headers`` nor an empty dict is made and kept (sessions look for their cookie on every
+        request and every WebSocket connection, which stays open with its request)."""
+        if self._cookies is None:
+            if self._headers is None and not scan_headers(self.scope)[2]:
+                return None
+            header = self.headers.get("cookie")
+            if not header:
+                return None
+            self._cookies = parse_cookies(header)
+        return self._cookies
 
     def query(self, name: str, default: Any = None) -> Any:
         """The first value of query parameter ``name``, or ``default``."""

@@ -197,8 +197,9 @@ async def load_session(settings: SessionSettings, request: Request) -> SessionSt
     if isinstance(inherited, SessionState):
         return inherited
     state = SessionState(settings.session_backend)
-    if request._may_have_cookies():  # no Cookie header: no cookie dict made and kept
-        state.session_id = checked_session_id(settings, request.cookies.get("session_id"))
+    cookies = request._sent_cookies()
+    if cookies:
+        state.session_id = checked_session_id(settings, cookies.get("session_id"))
     if "session" in request.scope:
         state.was_empty = not request.session
     elif state.session_id is not None:
