@@ -845,6 +845,64 @@ async def test_send_raising_oserror_means_the_client_left() -> None:
     assert [m["type"] for m in sent] == ["websocket.accept"]  # no close to a peer that left
 
 
+async def test_sends_from_the_handler_and_its_tasks_reach_the_server_one_at_a_time() -> None:
+    """While one send is inside the server's ``send()``, the others (tasks, ``close()``) wait
+    for their turn: the server never sees two at once, and nothing is lost or reordered
+    after the close."""
+    first_send_entered, release_first_send, all_texts_sent = (anyio.Event() for _ in range(3))
+    tasks_about_to_send: list[anyio.Event] = [anyio.Event() for _ in range(3)]
+    sent: list[Message] = []
+    in_send = most_at_once = 0
+
+    class Chat(App):
+        async def ws_chat(self, ws: WebSocket) -> None:
+            await ws.accept()
+
+            async def say(index: int) -> None:
+                tasks_about_to_send[index].set()
+                await ws.send_text(f"task {index}")
+
+            for index in range(3):
+                ws.start_soon(say, index)
+            await ws.send_text("handler")
+            await all_texts_sent.wait()
+            await ws.close(4000, "done")
+
+    async def send(message: Message) -> None:
+        nonlocal in_send, most_at_once
+        in_send += 1
+        most_at_once = max(most_at_once, in_send)
+        try:
+            sent.append(message)
+            if message["type"] == "websocket.send" and not first_send_entered.is_set():
+                first_send_entered.set()
+                await release_first_send.wait()
+            if len([m for m in sent if m["type"] == "websocket.send"]) == 4:
+                all_texts_sent.set()
+            await anyio.lowlevel.checkpoint()
+        finally:
+            in_send -= 1
+
+    inbox, app_inbox = anyio.create_memory_object_stream[Message](math.inf)
+    await inbox.send({"type": "websocket.connect"})
+    scope = {"type": "websocket", "path": "/chat", "headers": [], "query_string": b""}
+    app = Chat(session_cookie_secure=False)
+    with anyio.fail_after(DEADLINE), inbox, app_inbox:
+        async with lifespan(app, running=_with_lifespan), anyio.create_task_group() as tg:
+            tg.start_soon(app, scope, app_inbox.receive, send)
+            await first_send_entered.wait()
+            for started in tasks_about_to_send:
+                await started.wait()
+            for _ in range(5):  # let the tasks run into the held turn
+                await anyio.lowlevel.checkpoint()
+            assert [m.get("text") for m in sent[1:]] == ["handler"]  # the others wait
+            release_first_send.set()
+    assert most_at_once == 1
+    assert sent[1] == text("handler")
+    assert sorted(m["text"] for m in sent[2:5]) == ["task 0", "task 1", "task 2"]
+    assert sent[5:] == [close(4000, "done")]
+
+
 async def test_hand_built_websocket_reads_the_connect_itself() -> None:
     messages: list[Message] = [
         {"type": "websocket.connect"},

@@ -43,7 +43,7 @@ included); the framework's side of a connection is module-level functions taking
 reads for a handler that does not (the sweeper's check, the pump, disconnects and messages over
 the limit), ``_lifetime`` is the block a handler runs in and how the connection ends (closed
 after the handler, 1001 at shutdown). ``_state`` holds what both sides use (the connection's
-state, its send gate, its tasks), ``_messages`` the per-message helpers, ``_errors`` the
+state, its send turn, its tasks), ``_messages`` the per-message helpers, ``_errors`` the
 exceptions and close codes.
 """
 

@@ -18,7 +18,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ..types import Message
 from ._errors import _TOO_BIG, close_message
 from ._messages import _receive_failed, _too_big
-from ._state import _OPEN, connection_tasks
+from ._state import _OPEN, connection_tasks, end_send_turn, take_send_turn
 
 if TYPE_CHECKING:
     from ._socket import WebSocket
@@ -100,7 +100,8 @@ async def reject(ws: WebSocket, message: Message) -> None:
 
 async def _refuse_oversized(ws: WebSocket) -> bool:
     """Close with 1009 if the connection is open; return whether it was."""
-    async with ws._send_gate:
+    await take_send_turn(ws)
+    try:
         if ws._state is not _OPEN:
             return False
         ws._client_left(*_TOO_BIG)
@@ -108,6 +109,8 @@ async def _refuse_oversized(ws: WebSocket) -> bool:
             await ws._send(close_message(*_TOO_BIG))
         except OSError:
             logger.debug("Could not send close 1009", exc_info=True)
+    finally:
+        end_send_turn(ws)
     return True
 
 

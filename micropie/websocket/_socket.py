@@ -24,7 +24,7 @@ from ..types import Message, Receive, Scope, Send
 from ._errors import ConnectionClosed, close_message
 from ._messages import _as_bytes, _as_text, _payload, _receive_failed, _too_big
 from ._pump import next_from_pump, reject
-from ._state import _CLOSED, _CONNECTING, _OPEN, _SendGate, connection_tasks
+from ._state import _CLOSED, _CONNECTING, _OPEN, connection_tasks, end_send_turn, take_send_turn
 
 _T = TypeVar("_T")
 
@@ -66,7 +66,8 @@ class WebSocket:
         "_reads_at_last_sweep",
         "_receive",
         "_send",
-        "_send_gate",
+        "_send_waiters",
+        "_sending",
         "_sends_since_read",
         "_session_cookie_pending",
         "_state",
@@ -103,7 +104,8 @@ class WebSocket:
         self._connect_pending = True  # WebSocketConnection reads websocket.connect itself
         self._closed_by_handler = False
         self._close_info: tuple[int, str] | None = None  # set when the client is gone
-        self._send_gate = _SendGate()
+        self._sending = False  # a send is in progress (see _state.take_send_turn)
+        self._send_waiters: anyio.Event | None = None
         self._inbox: MemoryObjectReceiveStream[Message] | None = None
         self._host: anyio.abc.TaskGroup | None = None  # where its tasks run, while served
         self._tasks: ConnectionTasks | None = None  # made when the first task starts
@@ -168,9 +170,12 @@ class WebSocket:
             headers.append((b"Set-Cookie", cookie.encode("latin-1")))
             self._session_cookie_pending = False
         message = {"type": "websocket.accept", "subprotocol": subprotocol, "headers": headers}
-        async with self._send_gate:
+        await take_send_turn(self)
+        try:
             await self._send_or_closed(message)
             self._state = _OPEN
+        finally:
+            end_send_turn(self)
         self.subprotocol = subprotocol
 
     def _use_session_id(self, session_id: str) -> None:
@@ -275,11 +280,10 @@ class WebSocket:
             # timer), and a checkpoint per message cost fan-out a task switch per delivery.
             self._sends_since_read = 0
             await anyio.lowlevel.checkpoint()
-        gate = self._send_gate
-        if gate.held:
-            await gate.acquire()
+        if self._sending:
+            await take_send_turn(self)
         else:
-            gate.held = True  # the uncontended case, without a call
+            self._sending = True  # the uncontended case, without a call
         try:
             if self._state is not _OPEN:
                 if self._close_info is not None and not self._closed_by_handler:
@@ -291,9 +295,9 @@ class WebSocket:
                 self._client_left(1006, "")
                 raise self._connection_closed() from exc
         finally:
-            gate.held = False
-            if gate.waiters is not None:
-                gate.release()
+            self._sending = False
+            if self._send_waiters is not None:
+                end_send_turn(self)
         self._sends_since_read += 1
 
     def send_text(self, data: str) -> Coroutine[Any, Any, None]:
@@ -342,12 +346,15 @@ class WebSocket:
         ``RuntimeError``; ``receive_*`` returns what the client sent before it saw the close,
         then raises ``ConnectionClosed``.
         """
-        async with self._send_gate:
+        await take_send_turn(self)
+        try:
             if self._state is not _OPEN:
                 return
             self._state = _CLOSED
             self._closed_by_handler = True
             await self._send_or_closed(close_message(code, reason or ""))
+        finally:
+            end_send_turn(self)
 
     # --- tasks ---------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""What both sides of a connection use: where it is in its life, its send gate and its tasks.
+"""What both sides of a connection use: where it is in its life, its send turn and its tasks.
 
 The handler's side (``_socket``) and the framework's side (``_pump``, ``_lifetime``) both read
 and change these, so they live below both: neither side imports the other's module for them.
@@ -28,39 +28,28 @@ class _State(enum.Enum):
 _CONNECTING, _OPEN, _CLOSED = _State.CONNECTING, _State.OPEN, _State.CLOSED
 
 
-class _SendGate:
-    """One send at a time (the handler, its tasks and the pump may all send).
+async def take_send_turn(ws: WebSocket) -> None:
+    """Wait until no other send is in progress, then hold the turn (``end_send_turn`` frees it).
 
-    ``anyio.Lock`` would do, but even uncontended it costs a task lookup and a cancellation
-    check per acquire, and a deque per connection: half of the framework's cost per echo.
-    Here the uncontended case is a flag; only a send that finds another in progress waits.
+    One send at a time: the handler, its tasks and the pump may all send. ``anyio.Lock`` would
+    do, but even uncontended it costs a task lookup and a cancellation check per acquire, and a
+    deque per connection: half of the framework's cost per echo. Here the uncontended case is a
+    flag on the ``WebSocket`` (``_send_frame`` tests it inline), and an ``anyio.Event`` exists
+    only while sends wait. Two slots rather than a gate object: one object less per connection.
     """
+    while ws._sending:
+        if ws._send_waiters is None:
+            ws._send_waiters = anyio.Event()
+        await ws._send_waiters.wait()
+    ws._sending = True
 
-    __slots__ = ("held", "waiters")
 
-    def __init__(self) -> None:
-        self.held = False
-        #: Set when the gate is released, while sends wait for it (``None`` when none waits).
-        self.waiters: anyio.Event | None = None
-
-    async def acquire(self) -> None:
-        while self.held:
-            if self.waiters is None:
-                self.waiters = anyio.Event()
-            await self.waiters.wait()
-        self.held = True
-
-    def release(self) -> None:
-        self.held = False
-        waiters, self.waiters = self.waiters, None
-        if waiters is not None:
-            waiters.set()  # every waiter re-checks; the first to run takes the gate
-
-    async def __aenter__(self) -> None:
-        await self.acquire()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.release()
+def end_send_turn(ws: WebSocket) -> None:
+    """Free the turn; every waiting send re-checks and the first to run takes it."""
+    ws._sending = False
+    waiters, ws._send_waiters = ws._send_waiters, None
+    if waiters is not None:
+        waiters.set()
 
 
 def connection_tasks(ws: WebSocket, refusal: str) -> ConnectionTasks:
