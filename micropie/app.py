@@ -42,7 +42,7 @@ from .sessions import (
     SessionIdValidator,
     SessionState,
     generate_session_id,
-    load_session,
+    load_sent_session,
     save_session,
     validate_session_id,
 )
@@ -215,9 +215,7 @@ class App:
         """
         content_length, media_type, has_cookie = scan_headers(request.scope)
         bodies.check_content_length(content_length, self.max_body_size)
-        session = None
-        if has_cookie or "session" in request.scope or "micropie.session_state" in request.scope:
-            session = await load_session(self, request)
+        session = await load_sent_session(self, request, has_cookie)
         if request.method in bodies.BODY_METHODS and not request.body_parsed:
             return session, media_type
         return session, None

@@ -34,6 +34,7 @@ __all__ = [
     "SessionState",
     "format_session_cookie",
     "generate_session_id",
+    "load_sent_session",
     "load_session",
     "save_session",
     "validate_session_id",
@@ -208,6 +209,19 @@ async def load_session(settings: SessionSettings, request: Request) -> SessionSt
     return state
 
 
+async def load_sent_session(
+    settings: SessionSettings, request: Request, has_cookie: bool
+) -> SessionState | None:
+    """``load_session`` for a request that can have a session: one with a cookie, or one whose
+    scope carries a session (a parent app's, or a test's). ``None`` for the others, without
+    making anything: a WebSocket connection keeps what this returns for as long as it is open.
+    """
+    scope = request.scope
+    if has_cookie or "session" in scope or "micropie.session_state" in scope:
+        return await load_session(settings, request)
+    return None
+
+
 async def save_session(
     settings: SessionSettings, request: Request, state: SessionState | None
 ) -> str | None:
@@ -237,15 +251,17 @@ async def save_session(
 
 
 async def assign_websocket_session(
-    settings: SessionSettings, state: SessionState
+    settings: SessionSettings, state: SessionState | None
 ) -> tuple[str, bool]:
     """The id a WebSocket connection uses, and whether ``accept()`` must send it as a cookie.
 
     MicroPie 0.32's rules: a cookie can only reach the browser on the handshake response, before
     the handler could say whether it needs a session, so a connection without a valid cookie
     gets a fresh id at once. A valid cookie whose session is unknown is replaced the same way
-    (fixation defence).
+    (fixation defence). ``state`` is ``None`` when nothing was loaded (``load_sent_session``).
     """
+    if state is None:
+        return new_session_id(settings), True
     session_id = state.session_id
     if session_id is not None and state.was_empty:
         await state.backend.save(session_id, {}, 0)
@@ -256,10 +272,11 @@ async def assign_websocket_session(
 
 
 async def save_websocket_session(
-    settings: SessionSettings, request: Request, session_id: str, state: SessionState
+    settings: SessionSettings, request: Request, session_id: str, state: SessionState | None
 ) -> None:
     """After the handler: save the session under the connection's id, or delete it if emptied."""
+    backend = state.backend if state is not None else settings.session_backend
     if request.session:
-        await state.backend.save(session_id, request.session, settings.session_timeout)
-    elif state.session_id is not None:
-        await state.backend.save(session_id, {}, 0)
+        await backend.save(session_id, request.session, settings.session_timeout)
+    elif state is not None and state.session_id is not None:
+        await backend.save(session_id, {}, 0)

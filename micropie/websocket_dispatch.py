@@ -36,7 +36,7 @@ from .sessions import (
     SessionState,
     assign_websocket_session,
     checked_session_id,
-    load_session,
+    load_sent_session,
     save_websocket_session,
 )
 from .types import Receive, Scope, Send
@@ -128,7 +128,8 @@ class WebSocketConnection:
         request = ws.request
         assert isinstance(request, WebSocketRequest)
         try:
-            self._state = state = await load_session(app, request)
+            has_cookie = request._sent_cookies() is not None
+            self._state = state = await load_sent_session(app, request, has_cookie)
             await _before_websocket(app, request)
             handler, plan = _route(app, request)
             ws._connect_pending = False
@@ -177,7 +178,6 @@ class WebSocketConnection:
             )
         failed = not await _after_websocket(app, request) or failed
         if not failed:
-            assert self._state is not None
             failed = not await _save_session(app, request, ws, self._state)
         await finish(ws, failed)
         return True
@@ -268,7 +268,7 @@ def _bind(
 
 
 async def _save_session(
-    app: App, request: WebSocketRequest, ws: WebSocket, state: SessionState
+    app: App, request: WebSocketRequest, ws: WebSocket, state: SessionState | None
 ) -> bool:
     """Save (or delete) the session under the connection's id; ``False`` if that failed."""
     if ws.session_id is None:
