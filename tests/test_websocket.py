@@ -30,7 +30,13 @@ from micropie import (
     WebSocket,
     WebSocketMiddleware,
 )
-from micropie.websocket import DEFAULT_MAX_MESSAGE_SIZE, DISCONNECT_GRACE, INBOX_SIZE
+from micropie.websocket import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DISCONNECT_GRACE,
+    INBOX_SIZE,
+    SENDS_BETWEEN_CHECKPOINTS,
+)
+from micropie.websocket._pump import sweep
 from tests.drive import lifespan
 
 pytestmark = pytest.mark.anyio
@@ -926,3 +932,36 @@ async def test_hand_built_websocket_reads_the_connect_itself() -> None:
     assert sent == [ACCEPT]
     with pytest.raises(RuntimeError):
         ws.start_soon(anyio.sleep, 0)
+
+
+async def test_a_send_yields_after_sends_in_a_row_unless_the_sweeper_ran() -> None:
+    """A handler that only sends yields every ``SENDS_BETWEEN_CHECKPOINTS`` sends (so a loop
+    against a server whose ``send`` never yields cannot starve the event loop); a sweep in
+    between proves the loop ran, so fan-out (one send per message) pays no task switch."""
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "websocket.connect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)  # never yields, like hypercorn's send after the client left
+
+    async def send_yields(ws: WebSocket) -> bool:
+        """Whether this send reached a checkpoint (a cancelled scope stops it there)."""
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await ws.send_text("probe")
+        return scope.cancelled_caught
+
+    ws = WebSocket(receive, send)
+    await ws.accept()
+    for _ in range(SENDS_BETWEEN_CHECKPOINTS):
+        assert not await send_yields(ws)
+    assert await send_yields(ws)  # the ninth in a row yields, and is not sent
+    for _ in range(SENDS_BETWEEN_CHECKPOINTS):
+        assert not await send_yields(ws)
+    sweep(ws)  # what the sweeper does every SWEEP_INTERVAL
+    for _ in range(SENDS_BETWEEN_CHECKPOINTS):
+        assert not await send_yields(ws)
+    assert await send_yields(ws)
+    assert len(sent) == 1 + 3 * SENDS_BETWEEN_CHECKPOINTS  # the accept, and the sends that ran

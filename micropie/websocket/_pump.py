@@ -42,7 +42,14 @@ def sweep(ws: WebSocket) -> None:
     A handler that has read nothing since the last sweep and is not waiting in ``receive()``
     now (a push-only loop, a long computation) would not notice the client leaving; the pump
     reads for it from then on. A handler that keeps reading never pays for a pump.
+
+    It also forgets the handler's sends in a row (see ``WebSocket._send_frame``): the sweeper
+    runs only when the event loop does, so the sends before this did not starve it. A push
+    handler that waits elsewhere between sends (a broadcast, a timer) then never pays the
+    checkpoint; one that spins without yielding cannot let the sweeper run, and still yields
+    every ``SENDS_BETWEEN_CHECKPOINTS`` sends.
     """
+    ws._sends_since_read = 0
     if ws._inbox is not None or ws._reading or ws._host is None:
         return
     if ws._reads == ws._reads_at_last_sweep:
