@@ -36,6 +36,7 @@ from micropie.websocket import (
     INBOX_SIZE,
     SENDS_BETWEEN_CHECKPOINTS,
 )
+from micropie.websocket._messages import server_send_cannot_fail
 from micropie.websocket._pump import sweep
 from tests.drive import lifespan
 
@@ -823,8 +824,10 @@ async def test_nothing_outlives_the_connection() -> None:
     assert len(anyio.get_running_tasks()) == before
 
 
-async def test_send_raising_oserror_means_the_client_left() -> None:
-    """ASGI 2.4 servers raise ``OSError`` from ``send()`` after a disconnect."""
+@pytest.mark.parametrize("asgi", [None, {"version": "3.0", "spec_version": "2.4"}])
+async def test_send_raising_oserror_means_the_client_left(asgi: dict[str, str] | None) -> None:
+    """ASGI 2.4 servers raise ``OSError`` from ``send()`` after a disconnect (a scope that names
+    no version may come from one)."""
     caught: list[ConnectionClosed] = []
 
     class Talker(App):
@@ -844,17 +847,27 @@ async def test_send_raising_oserror_means_the_client_left() -> None:
 
     inbox, app_inbox = anyio.create_memory_object_stream[Message](math.inf)
     await inbox.send({"type": "websocket.connect"})
-    scope = {"type": "websocket", "path": "/talk", "headers": [], "query_string": b""}
+    scope: dict[str, Any] = {
+        "type": "websocket",
+        "path": "/talk",
+        "headers": [],
+        "query_string": b"",
+    }
+    if asgi is not None:
+        scope["asgi"] = asgi
     with anyio.fail_after(DEADLINE), inbox, app_inbox:
         await Talker(session_cookie_secure=False)(scope, app_inbox.receive, send)
     assert [(c.code, c.reason) for c in caught] == [(1006, "")]
     assert [m["type"] for m in sent] == ["websocket.accept"]  # no close to a peer that left
 
 
-async def test_sends_from_the_handler_and_its_tasks_reach_the_server_one_at_a_time() -> None:
-    """While one send is inside the server's ``send()``, the others (tasks, ``close()``) wait
-    for their turn: the server never sees two at once, and nothing is lost or reordered
-    after the close."""
+@pytest.mark.parametrize("asgi", [None, {"version": "3.0", "spec_version": "2.4"}])
+async def test_sends_from_the_handler_and_its_tasks_reach_the_server_one_at_a_time(
+    asgi: dict[str, str] | None,
+) -> None:
+    """On a server whose ``send()`` may raise (ASGI 2.4, or unknown), every send holds the turn:
+    while one is inside the server's ``send()``, the others (tasks, ``close()``) wait, so the
+    server never sees two at once, and nothing is lost or sent after the close."""
     first_send_entered, release_first_send, all_texts_sent = (anyio.Event() for _ in range(3))
     tasks_about_to_send: list[anyio.Event] = [anyio.Event() for _ in range(3)]
     sent: list[Message] = []
@@ -891,7 +904,14 @@ async def test_sends_from_the_handler_and_its_tasks_reach_the_server_one_at_a_ti
 
     inbox, app_inbox = anyio.create_memory_object_stream[Message](math.inf)
     await inbox.send({"type": "websocket.connect"})
-    scope = {"type": "websocket", "path": "/chat", "headers": [], "query_string": b""}
+    scope: dict[str, Any] = {
+        "type": "websocket",
+        "path": "/chat",
+        "headers": [],
+        "query_string": b"",
+    }
+    if asgi is not None:
+        scope["asgi"] = asgi
     app = Chat(session_cookie_secure=False)
     with anyio.fail_after(DEADLINE), inbox, app_inbox:
         async with lifespan(app, running=_with_lifespan), anyio.create_task_group() as tg:
@@ -907,6 +927,79 @@ async def test_sends_from_the_handler_and_its_tasks_reach_the_server_one_at_a_ti
     assert sent[1] == text("handler")
     assert sorted(m["text"] for m in sent[2:5]) == ["task 0", "task 1", "task 2"]
     assert sent[5:] == [close(4000, "done")]
+
+
+async def test_sends_go_straight_to_a_server_that_cannot_fail_them_in_order() -> None:
+    """A server before ASGI 2.4 (hypercorn says 2.3) raises nothing from ``send()``, so a send
+    hands it the message directly (no frame of ours in between). Sends started while one is
+    inside the server still reach it in the order they were started, the close last."""
+    first_send_entered, release_first_send, all_texts_sent = (anyio.Event() for _ in range(3))
+    handler_sent = anyio.Event()
+    sent: list[Message] = []
+
+    class Chat(App):
+        async def ws_chat(self, ws: WebSocket) -> None:
+            await ws.accept()
+            sending = ws.send_text("first")
+            assert getattr(sending, "cr_code", None) is send.__code__  # the server's own
+            await sending
+            handler_sent.set()
+            for index in range(3):
+                await ws.send_bytes(f"then {index}".encode())
+            await all_texts_sent.wait()
+            await ws.close(4000, "done")
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+        if message.get("text") == "first":
+            first_send_entered.set()
+            await release_first_send.wait()
+        if len([m for m in sent if m["type"] == "websocket.send"]) == 4:
+            all_texts_sent.set()
+
+    inbox, app_inbox = anyio.create_memory_object_stream[Message](math.inf)
+    await inbox.send({"type": "websocket.connect"})
+    scope = {
+        "type": "websocket",
+        "path": "/chat",
+        "headers": [],
+        "query_string": b"",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+    }
+    app = Chat(session_cookie_secure=False)
+    with anyio.fail_after(DEADLINE), inbox, app_inbox:
+        async with lifespan(app, running=_with_lifespan), anyio.create_task_group() as tg:
+            tg.start_soon(app, scope, app_inbox.receive, send)
+            await first_send_entered.wait()
+            assert not handler_sent.is_set()  # the handler waits in the server's send()
+            release_first_send.set()
+    assert sent[1:] == [
+        text("first"),
+        *({"type": "websocket.send", "bytes": f"then {i}".encode()} for i in range(3)),
+        close(4000, "done"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("asgi", "cannot_fail"),
+    [
+        ({"version": "3.0", "spec_version": "2.3"}, True),
+        ({"spec_version": "2.0"}, True),
+        ({"spec_version": "2.4"}, False),
+        ({"spec_version": "2.10"}, False),
+        ({"spec_version": "3.0"}, False),
+        ({"spec_version": "two"}, False),
+        ({"spec_version": 2.3}, False),
+        ({"version": "3.0"}, False),
+        ("3.0", False),
+        (None, False),
+    ],
+)
+def test_which_servers_get_sends_directly(asgi: object, cannot_fail: bool) -> None:
+    scope: dict[str, Any] = {"type": "websocket"}
+    if asgi is not None:
+        scope["asgi"] = asgi
+    assert server_send_cannot_fail(scope) is cannot_fail
 
 
 async def test_hand_built_websocket_reads_the_connect_itself() -> None:

@@ -1,4 +1,4 @@
-"""Per-message helpers of the receive path: payload conversion, size limit, a failed receive.
+"""Per-message helpers: payload conversion, size limit, a failed receive, what a send may skip.
 
 Plain module-level functions the ``WebSocket`` calls directly (no method lookup, no wrapper):
 they run once per message.
@@ -7,8 +7,9 @@ they run once per message.
 from __future__ import annotations
 
 import logging
+from functools import cache
 
-from ..types import Message
+from ..types import Message, Scope
 
 logger = logging.getLogger("micropie")
 
@@ -54,3 +55,24 @@ def _too_big(message: Message, limit: int | None) -> bool:
     if len(text) * 4 <= limit:  # …and at most four: only the middle ground needs encoding
         return False
     return len(text.encode("utf-8", "surrogatepass")) > limit
+
+
+@cache
+def _spec_before_2_4(spec_version: str) -> bool:
+    try:
+        major, minor = (int(part) for part in spec_version.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) < (2, 4)
+
+
+def server_send_cannot_fail(scope: Scope) -> bool:
+    """Whether the server said its ``send()`` raises no ``OSError`` for a client that left.
+
+    ASGI 2.4 lets a server raise ``OSError`` from ``send()`` once the peer is gone; a server
+    that names an older ``spec_version`` in ``scope["asgi"]`` does not (hypercorn: 2.3, and
+    drops such sends). A scope that names none counts as one that may raise.
+    """
+    asgi = scope.get("asgi")
+    spec_version = asgi.get("spec_version") if isinstance(asgi, dict) else None
+    return isinstance(spec_version, str) and _spec_before_2_4(spec_version)
