@@ -187,7 +187,9 @@ async def test_a_flooding_handler_ends_soon_after_the_client_drops_the_connectio
         closed_at, sent_while_stalled = await flood_then_drop(app)
     assert not app.runaway, f"{app.sent - sent_while_stalled} sends completed after it left"
     assert app.ended_at - closed_at < 1.0
-    assert app.sent - sent_while_stalled <= 2 * SENDS_BETWEEN_CHECKPOINTS
+    # The send stalled when the client left completes too; it let the event loop run while it
+    # waited, so it is not one of the sends in a row that lead to a checkpoint.
+    assert app.sent - sent_while_stalled <= 1 + 2 * SENDS_BETWEEN_CHECKPOINTS
     assert isinstance(app.error, ConnectionClosed), app.error
 
 
