@@ -931,8 +931,8 @@ async def test_sends_from_the_handler_and_its_tasks_reach_the_server_one_at_a_ti
 
 async def test_sends_go_straight_to_a_server_that_cannot_fail_them_in_order() -> None:
     """A server before ASGI 2.4 (hypercorn says 2.3) raises nothing from ``send()``, so a send
-    hands it the message directly (no frame of ours in between). Sends started while one is
-    inside the server still reach it in the order they were started, the close last."""
+    hands it the message directly (the awaitable is the server's own coroutine). The handler
+    waits in the server while it is there, and its messages arrive in order, the close last."""
     first_send_entered, release_first_send, all_texts_sent = (anyio.Event() for _ in range(3))
     handler_sent = anyio.Event()
     sent: list[Message] = []

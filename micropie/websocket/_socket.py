@@ -322,9 +322,10 @@ class WebSocket:
         checkpoint due, on a server whose ``send()`` cannot fail (``_send_direct``: a server
         that speaks ASGI before 2.4, as hypercorn does, raises no ``OSError`` for a client that
         left, so there is nothing to translate into ``ConnectionClosed``). Such a send does not
-        hold the send turn: sends started meanwhile (a task's, ``close()``) reach the server in
-        the order they were started, and the server orders them (hypercorn frames a message
-        before its first await and writes under a lock per connection).
+        hold the send turn, so a send of another task (or ``close()``) can reach the server
+        while it is still there, and a send woken from waiting for the turn can be passed by
+        it: the server orders what reaches it (hypercorn frames a message before its first
+        await and writes under a lock per connection). A send after ``close()`` still raises.
         """
         if (
             self._send_direct

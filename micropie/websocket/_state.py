@@ -31,11 +31,13 @@ _CONNECTING, _OPEN, _CLOSED = _State.CONNECTING, _State.OPEN, _State.CLOSED
 async def take_send_turn(ws: WebSocket) -> None:
     """Wait until no other send is in progress, then hold the turn (``end_send_turn`` frees it).
 
-    One send at a time: the handler, its tasks and the pump may all send. ``anyio.Lock`` would
-    do, but even uncontended it costs a task lookup and a cancellation check per acquire, and a
-    deque per connection: half of the framework's cost per echo. Here the uncontended case is a
-    flag on the ``WebSocket`` (``_send_frame`` tests it inline), and an ``anyio.Event`` exists
-    only while sends wait. Two slots rather than a gate object: one object less per connection.
+    One send at a time among those that take the turn (the handler, its tasks and the pump
+    may all send; a send that goes straight to the server does not take it, see
+    ``WebSocket._send_message``). ``anyio.Lock`` would do, but even uncontended it costs a
+    task lookup and a cancellation check per acquire, and a deque per connection: half of the
+    framework's cost per echo. Here the uncontended case is a flag on the ``WebSocket``
+    (``_send_frame`` tests it inline), and an ``anyio.Event`` exists only while sends wait.
+    Two slots rather than a gate object: one object less per connection.
     """
     while ws._sending:
         if ws._send_waiters is None:
