@@ -70,6 +70,14 @@ def text(data: str) -> Message:
 ACCEPT: Message = {"type": "websocket.accept", "subprotocol": None, "headers": []}
 
 
+def server_scope(path: str, asgi: dict[str, str] | None = None) -> dict[str, Any]:
+    """A bare WebSocket scope; it names an ASGI version (``scope["asgi"]``) only if given."""
+    scope: dict[str, Any] = {"type": "websocket", "path": path, "headers": [], "query_string": b""}
+    if asgi is not None:
+        scope["asgi"] = asgi
+    return scope
+
+
 class Peer:
     """The client side of one in-process WebSocket connection."""
 
@@ -847,14 +855,7 @@ async def test_send_raising_oserror_means_the_client_left(asgi: dict[str, str] |
 
     inbox, app_inbox = anyio.create_memory_object_stream[Message](math.inf)
     await inbox.send({"type": "websocket.connect"})
-    scope: dict[str, Any] = {
-        "type": "websocket",
-        "path": "/talk",
-        "headers": [],
-        "query_string": b"",
-    }
-    if asgi is not None:
-        scope["asgi"] = asgi
+    scope = server_scope("/talk", asgi)
     with anyio.fail_after(DEADLINE), inbox, app_inbox:
         await Talker(session_cookie_secure=False)(scope, app_inbox.receive, send)
     assert [(c.code, c.reason) for c in caught] == [(1006, "")]
@@ -904,14 +905,7 @@ async def test_sends_from_the_handler_and_its_tasks_reach_the_server_one_at_a_ti
 
     inbox, app_inbox = anyio.create_memory_object_stream[Message](math.inf)
     await inbox.send({"type": "websocket.connect"})
-    scope: dict[str, Any] = {
-        "type": "websocket",
-        "path": "/chat",
-        "headers": [],
-        "query_string": b"",
-    }
-    if asgi is not None:
-        scope["asgi"] = asgi
+    scope = server_scope("/chat", asgi)
     app = Chat(session_cookie_secure=False)
     with anyio.fail_after(DEADLINE), inbox, app_inbox:
         async with lifespan(app, running=_with_lifespan), anyio.create_task_group() as tg:
@@ -959,13 +953,7 @@ async def test_sends_go_straight_to_a_server_that_cannot_fail_them_in_order() ->
 
     inbox, app_inbox = anyio.create_memory_object_stream[Message](math.inf)
     await inbox.send({"type": "websocket.connect"})
-    scope = {
-        "type": "websocket",
-        "path": "/chat",
-        "headers": [],
-        "query_string": b"",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-    }
+    scope = server_scope("/chat", {"version": "3.0", "spec_version": "2.3"})
     app = Chat(session_cookie_secure=False)
     with anyio.fail_after(DEADLINE), inbox, app_inbox:
         async with lifespan(app, running=_with_lifespan), anyio.create_task_group() as tg:
