@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 
 from . import bodies, redirects, routing, templates
 from .disconnect import ConnectionScope, DisconnectSweeper
@@ -67,6 +69,7 @@ DEFAULT_MAX_MULTIPART_FILES = 1000
 DEFAULT_WS_MAX_MESSAGE_SIZE = 1024 * 1024
 
 _NOT_FOUND = "404 Not Found"
+_NOT_MADE = object()  # App.env before its first use
 _BODY_TIMEOUT = "408 Request Timeout: Failed to receive body"
 
 #: A Starlette-style lifespan: ``lifespan(app)`` is an async context manager entered at startup
@@ -140,7 +143,8 @@ class App:
         self.shutdown_handlers: list[Callable[[], Awaitable[Any]]] = []
         self.lifespan = lifespan
         self.state: dict[str, Any] = {}
-        self.env = templates.create_environment(template_dir)
+        self._template_dir = os.path.abspath(template_dir)  # MicroPie: the CWD at construction
+        self._env: Any = _NOT_MADE
         self._lifetime = AppLifetime(self)
         self._sweeper = DisconnectSweeper()
         self._handlers = routing.HandlerTable(self, App)
@@ -149,6 +153,18 @@ class App:
     def request(self) -> Request:
         """The request being handled (``LookupError`` outside one)."""
         return current_request.get()
+
+    @property
+    def env(self) -> Any:
+        """The Jinja2 environment templates render with (``None`` without jinja2), made on first
+        use; assign your own to replace it."""
+        if self._env is _NOT_MADE:
+            self._env = templates.create_environment(self._template_dir)
+        return self._env
+
+    @env.setter
+    def env(self, environment: Any) -> None:
+        self._env = environment
 
     @property
     def _started(self) -> bool:
@@ -368,6 +384,8 @@ class App:
 
     async def _render_template(self, name: str, **context: Any) -> str:
         """Render a Jinja2 template from the template folder (autoescaped for html/xml)."""
+        if self._env is _NOT_MADE:  # the first render imports jinja2: not on the event loop
+            await anyio.to_thread.run_sync(lambda: self.env)
         return await templates.render(self.env, name, context)
 
     # --- lifetime and serving --------------------------------------------------------------

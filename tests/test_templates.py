@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +157,28 @@ def test_default_folder_is_templates_in_the_working_directory(
     monkeypatch.chdir(tmp_path)
     app = App()
     assert app.env.loader.searchpath == [os.path.join(str(tmp_path), "templates")]
+
+
+def test_the_folder_is_the_one_of_the_working_directory_at_construction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The environment is made on first use, but the folder was fixed when the app was made."""
+    monkeypatch.chdir(tmp_path)
+    app = App()
+    monkeypatch.chdir(tmp_path.parent)
+    assert app.env.loader.searchpath == [os.path.join(str(tmp_path), "templates")]
+
+
+def test_jinja2_is_imported_only_when_a_template_environment_is_needed() -> None:
+    """jinja2 costs every worker process ~6 MB: ``import micropie`` and ``App()`` leave it out."""
+    program = (
+        "import sys, micropie\n"
+        "app = micropie.App()\n"
+        "print('jinja2' in sys.modules)\n"
+        "app.env\n"
+        "print('jinja2' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split() == ["False", "True"]
