@@ -28,8 +28,10 @@ whose RSS is read), bound to 127.0.0.1 on a free port, each run bounded in time.
 more CPUs the clients are pinned to the first and the servers to the last (see ``CLIENT_CPU``).
 The clients are the ``websockets`` library (asyncio) in this process, without compression (a
 per-message deflate context costs far more memory than any framework and would hide the
-difference) and without keep-alive pings. Throughput repetitions alternate the order of the
-apps; a ratio is the median of per-repetition ratios.
+difference) and without keep-alive pings. Throughput runs in rounds over connections opened
+once to every app's server: in each round every app echoes in turn, the order rotating, so the
+bursts compared were measured seconds apart at most (see ``echo_rounds``); a ratio is the
+median of per-round ratios.
 
 This file is also the servers' app module: hypercorn loads ``websocket.py:build('raw')`` or
 ``build('micropie')``, so nothing from the client side is imported at module level.
@@ -283,28 +285,59 @@ async def close_all(connections: list[Any]) -> None:
     await asyncio.gather(*(connection.close() for connection in connections))
 
 
-async def echo_run(server: Server, connections: int, messages: int) -> dict[str, float]:
-    """Echoes/s and server CPU µs per echo for ``connections`` × ``messages`` round trips."""
+async def ping_pong_all(opened: list[Any], messages: int) -> None:
+    """Every connection sends ``messages`` messages one at a time, waiting for each echo."""
     import asyncio
 
-    async with asyncio.timeout(RUN_TIMEOUT):
-        opened = await open_connections(server.url, connections)
-        try:
+    async def ping_pong(connection: Any) -> None:
+        for _ in range(messages):
+            await connection.send(PAYLOAD)
+            await connection.recv()
 
-            async def ping_pong(connection: Any) -> None:
-                for _ in range(messages):
-                    await connection.send(PAYLOAD)
-                    await connection.recv()
+    await asyncio.gather(*(ping_pong(connection) for connection in opened))
 
-            cpu_before = server.cpu_ns()
-            started = time.perf_counter()
-            await asyncio.gather(*(ping_pong(connection) for connection in opened))
-            elapsed = time.perf_counter() - started
-            cpu = server.cpu_ns() - cpu_before
-        finally:
-            await close_all(opened)
-    echoes = connections * messages
-    return {"echoes_per_s": echoes / elapsed, "server_cpu_us": cpu / 1e3 / echoes}
+
+async def echo_rounds(
+    servers: dict[str, Server], connections: int, messages: int, reps: int
+) -> list[dict[str, dict[str, float]]]:
+    """``reps`` rounds; in each, every server in turn echoes ``connections`` × ``messages``.
+
+    The connections to every server are opened once, before the first round, and stay open,
+    so no handshake or close runs near a timed burst, and the apps of one round run back to
+    back: this machine's speed drifts over seconds, for every process alike, so a ratio
+    between bursts measured seconds apart would mostly measure the drift. The order rotates
+    from round to round. Returns, per round, echoes/s and server CPU µs per echo by app.
+    """
+    import asyncio
+
+    opened: dict[str, list[Any]] = {}
+    try:
+        for name, server in servers.items():
+            async with asyncio.timeout(RUN_TIMEOUT):
+                opened[name] = await open_connections(server.url, connections)
+        for name in servers:  # warm-up, not recorded
+            async with asyncio.timeout(RUN_TIMEOUT):
+                await ping_pong_all(opened[name], max(messages // 10, 10))
+        names = list(servers)
+        rounds = []
+        for rep in range(reps):
+            shift = rep % len(names)
+            run = {}
+            for name in names[shift:] + names[:shift]:
+                server = servers[name]
+                cpu_before = server.cpu_ns()
+                started = time.perf_counter()
+                async with asyncio.timeout(RUN_TIMEOUT):  # every burst bounded
+                    await ping_pong_all(opened[name], messages)
+                elapsed = time.perf_counter() - started
+                cpu = server.cpu_ns() - cpu_before
+                echoes = connections * messages
+                run[name] = {"echoes_per_s": echoes / elapsed, "server_cpu_us": cpu / 1e3 / echoes}
+            rounds.append(run)
+        return rounds
+    finally:
+        for connections_of_one in opened.values():
+            await close_all(connections_of_one)
 
 
 async def idle_run(server: Server, idle: int) -> dict[str, float]:
@@ -356,14 +389,10 @@ def measure_throughput(worker: str, settings: argparse.Namespace, results: Resul
     try:
         for server in servers.values():
             server.wait_ready()
-        for server in servers.values():  # warm-up, not recorded
-            asyncio.run(echo_run(server, settings.connections, max(settings.messages // 10, 10)))
-        for rep in range(settings.reps):
-            order = apps if rep % 2 == 0 else apps[::-1]
-            run = {
-                name: asyncio.run(echo_run(servers[name], settings.connections, settings.messages))
-                for name in order
-            }
+        rounds = asyncio.run(
+            echo_rounds(servers, settings.connections, settings.messages, settings.reps)
+        )
+        for rep, run in enumerate(rounds):
             raw = run["raw"]
             for name, sample in run.items():
                 results.throughput.setdefault(f"{worker}/{name}", []).append(sample)
