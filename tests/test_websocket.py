@@ -11,6 +11,7 @@ and without it (the connection hosts its own tasks and pumps from the start).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from collections.abc import AsyncIterator
@@ -966,6 +967,31 @@ async def test_sends_go_straight_to_a_server_that_cannot_fail_them_in_order() ->
         *({"type": "websocket.send", "bytes": f"then {i}".encode()} for i in range(3)),
         close(4000, "done"),
     ]
+
+
+async def test_a_server_send_that_is_not_a_coroutine_function_is_wrapped() -> None:
+    """``send_text`` always returns a coroutine (``asyncio.create_task`` takes only those): a
+    server whose ``send`` returns some other awaitable goes through the framework's send."""
+    sent: list[Message] = []
+
+    class Done:
+        def __await__(self) -> Any:
+            return iter(())
+
+    def send(message: Message) -> Done:
+        sent.append(message)
+        return Done()
+
+    inbox, app_inbox = anyio.create_memory_object_stream[Message](math.inf)
+    await inbox.send({"type": "websocket.connect"})
+    scope = server_scope("/", {"version": "3.0", "spec_version": "2.3"})
+    ws = WebSocket(app_inbox.receive, send, scope=scope)
+    with anyio.fail_after(DEADLINE), inbox, app_inbox:
+        await ws.accept()
+        sending = ws.send_text("hello")
+        assert inspect.iscoroutine(sending)
+        await sending
+    assert sent[1:] == [text("hello")]
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,9 @@ See the package docstring for the theory of operation.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from typing import Any, TypeVar
+import inspect
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, TypeVar, cast
 
 import anyio
 import anyio.abc
@@ -186,7 +187,11 @@ class WebSocket:
         finally:
             end_send_turn(self)
         self.subprotocol = subprotocol
-        self._send_direct = server_send_cannot_fail(self.scope)
+        # Direct sends hand back the server's own awaitable, which must be a coroutine like the
+        # one ``send_text`` returns otherwise (``asyncio.create_task`` takes only those).
+        self._send_direct = server_send_cannot_fail(self.scope) and inspect.iscoroutinefunction(
+            self._send
+        )
 
     def _use_session_id(self, session_id: str) -> None:
         validator = self.session_id_validator
@@ -313,7 +318,7 @@ class WebSocket:
                 end_send_turn(self)
         self._sends_since_read += 1
 
-    def _send_message(self, message: Message) -> Awaitable[None]:
+    def _send_message(self, message: Message) -> Coroutine[Any, Any, None]:
         """``message`` to the server: straight to its ``send()`` when nothing needs doing
         around it, else through ``_send_frame``.
 
@@ -321,7 +326,8 @@ class WebSocket:
         framework's cost per echo: for an open connection with no send in progress and no
         checkpoint due, on a server whose ``send()`` cannot fail (``_send_direct``: a server
         that speaks ASGI before 2.4, as hypercorn does, raises no ``OSError`` for a client that
-        left, so there is nothing to translate into ``ConnectionClosed``). Such a send does not
+        left, so there is nothing to translate into ``ConnectionClosed``) and is a coroutine
+        function. Such a send does not
         hold the send turn, so a send of another task (or ``close()``) can reach the server
         while it is still there, and a send woken from waiting for the turn can be passed by
         it: the server orders what reaches it (hypercorn frames a message before its first
@@ -334,15 +340,15 @@ class WebSocket:
             and self._sends_since_read < SENDS_BETWEEN_CHECKPOINTS
         ):
             self._sends_since_read += 1
-            return self._send(message)
+            return cast(Coroutine[Any, Any, None], self._send(message))  # see accept
         return self._send_frame(message)
 
-    def send_text(self, data: str) -> Awaitable[None]:
+    def send_text(self, data: str) -> Coroutine[Any, Any, None]:
         """Send a text message (awaitable). ``RuntimeError`` before accept or after
         ``close()``; ``ConnectionClosed`` after the client left."""
         return self._send_message({"type": "websocket.send", "text": data})
 
-    def send_bytes(self, data: bytes) -> Awaitable[None]:
+    def send_bytes(self, data: bytes) -> Coroutine[Any, Any, None]:
         """Send a binary message (awaitable; same errors as ``send_text``)."""
         return self._send_message({"type": "websocket.send", "bytes": data})
 
