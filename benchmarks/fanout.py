@@ -121,6 +121,16 @@ def trace_report() -> bytes:
 
 class FanoutApp(App):
     async def ws_sub(self, ws: Any) -> None:
+        """The recommended way: the broadcast's delivery workers send (``forward``)."""
+        await ws.accept()
+        async with broadcast.forward(CHANNEL, ws):
+            await ws.send_text("ready")
+            async for _ in ws:
+                pass
+
+    async def ws_sub_task(self, ws: Any) -> None:
+        """A task per subscriber: the handler reads its subscription and sends itself (and
+        records each delivery's server-side latency)."""
         await ws.accept()
         async with broadcast.subscribe(CHANNEL) as messages:
             await ws.send_text("ready")
@@ -340,7 +350,9 @@ class Protocol:
     def __init__(self, kind: str, port: int) -> None:
         self.kind = kind
         self.port = port
-        if kind != "socketio":
+        if kind == "micropie-task":
+            self.sub_path, self.pub_path = "/sub_task", "/pub"
+        elif kind != "socketio":
             self.sub_path, self.pub_path = "/sub", "/pub"
         else:
             self.sub_path = self.pub_path = "/socket.io/?EIO=4&transport=websocket"
@@ -684,6 +696,11 @@ def main() -> None:
     parser.add_argument("--workers", default="asyncio,trio", help="hypercorn workers to run")
     parser.add_argument("--backends", default="memory,redis", help="broadcast backends to run")
     parser.add_argument("--no-socketio", action="store_true")
+    parser.add_argument(
+        "--task-per-subscriber",
+        action="store_true",
+        help="also run micropie with subscribe() and a send per handler, not forward()",
+    )
     parser.add_argument("--no-raw", action="store_true", help="skip the raw ASGI baseline")
     parser.add_argument("--no-inprocess", action="store_true", help="skip the in-process rows")
     parser.add_argument(
@@ -747,6 +764,16 @@ def main() -> None:
                         "micropie",
                     )
                 )
+                if args.task_per_subscriber:
+                    setups.append(
+                        (
+                            f"micropie {backend} {worker}, task per subscriber",
+                            "benchmarks.fanout:app",
+                            worker,
+                            url,
+                            "micropie-task",
+                        )
+                    )
         if not args.no_socketio and "asyncio" in workers:
             setups.append(
                 ("python-socketio asyncio", "benchmarks.fanout:sio_app", "asyncio", "", "socketio")

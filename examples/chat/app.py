@@ -22,11 +22,9 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import anyio
-
-from micropie import App, ConnectionClosed, WebSocket
+from micropie import App, WebSocket
 from micropie.backends.redis import RedisSessionBackend
-from micropie.broadcast import Broadcast, BroadcastUnavailable, Subscription
+from micropie.broadcast import Broadcast, BroadcastUnavailable
 
 STATIC = Path(__file__).parent / "static"
 ASSETS = {"chat.js": "text/javascript; charset=utf-8", "chat.css": "text/css; charset=utf-8"}
@@ -72,16 +70,13 @@ class ChatApp(App):
         nick = ws.request.session.get("nick") or f"guest-{(ws.session_id or '0000')[:4]}"
         channel = f"chat:{room}"
         await ws.accept()
+        await ws.send_json({"type": "welcome", "nick": nick, "room": room, "worker": os.getpid()})
         try:
-            async with self.broadcast.subscribe(channel) as messages:
-                await ws.send_json(
-                    {"type": "welcome", "nick": nick, "room": room, "worker": os.getpid()}
-                )
+            # Everything published in the room goes to this client while the block runs, sent
+            # by the broadcast's delivery workers (a slow client drops the oldest messages).
+            async with self.broadcast.forward(channel, ws):
                 await self._say(ws, channel, {"type": "join", "nick": nick})
-                async with anyio.create_task_group() as tasks:
-                    tasks.start_soon(_forward, messages, ws)
-                    await self._relay(ws, channel, nick)
-                    tasks.cancel_scope.cancel()
+                await self._relay(ws, channel, nick)
         except BroadcastUnavailable:
             await ws.close(TRY_AGAIN_LATER, "chat is unavailable, try again later")
 
@@ -100,15 +95,6 @@ class ChatApp(App):
             # Redis is restarting: tell this client, keep the connection; the broadcast
             # reconnects on its own and delivery resumes.
             await ws.send_json({"type": "error", "text": "message not sent: chat unavailable"})
-
-
-async def _forward(messages: Subscription, ws: WebSocket) -> None:
-    """Everything published in the room goes to this client (slow clients drop the oldest)."""
-    try:
-        async for message in messages:
-            await ws.send_text(message.data)
-    except ConnectionClosed:
-        pass  # the client left; the handler ends with its connection
 
 
 def create_app(redis_url: str | None = None) -> ChatApp:

@@ -81,6 +81,8 @@ import anyio.abc
 from ..concurrency import collapse_excgroups
 from ._backend import _Backend, _MemoryBackend
 from ._errors import BroadcastError, BroadcastUnavailable, SlowSubscriber, SubscriptionClosed
+from ._forward import DELIVERY_WORKERS as DELIVERY_WORKERS  # public: the pool's size
+from ._forward import DeliveryPool, Forward, TextSink
 from ._local import WAKE_WINDOW as WAKE_WINDOW  # public: the wake-up window size
 from ._local import Message, Overflow, Subscription, _Hub
 from ._redis import _RedisBackend
@@ -89,6 +91,7 @@ __all__ = [
     "Broadcast",
     "BroadcastError",
     "BroadcastUnavailable",
+    "Forward",
     "Message",
     "Overflow",
     "SlowSubscriber",
@@ -158,6 +161,7 @@ class Broadcast:
                 f"unsupported broadcast URL {url!r}: use memory:// or redis://host:port/db"
             )
         self._stack: AsyncExitStack | None = None
+        self._pool: DeliveryPool | None = None  # the forwards' workers, while running
 
     @property
     def dropped(self) -> int:
@@ -180,6 +184,8 @@ class Broadcast:
             stack.push_async_callback(self._stop, stopped)
             stack.callback(self._hub.close_all)
             await task_group.start(self._run_backend, stopped)
+            self._pool = DeliveryPool(task_group, DELIVERY_WORKERS)
+            stack.callback(setattr, self, "_pool", None)
             self._stack = stack.pop_all()
 
     async def _run_backend(
@@ -251,6 +257,60 @@ class Broadcast:
             self._hub.remove(subscription)
             subscription._close(discard=True)  # reads after the block: SubscriptionClosed
             await self._backend.unlisten(channel)
+
+    @asynccontextmanager
+    async def forward(
+        self,
+        channel: str,
+        ws: TextSink,
+        *,
+        queue_size: int | None = None,
+        overflow: Overflow | None = None,
+    ) -> AsyncIterator[Forward]:
+        """Send what is published on ``channel`` to ``ws`` while the block runs.
+
+        The way to fan a channel out to WebSockets: each message is sent with
+        ``await ws.send_text(message.data)`` by the broadcast's delivery workers, not by a task
+        of the connection, which costs about half the CPU per delivery (see ``_forward``).
+        Messages reach ``ws`` in order, one send at a time; ``queue_size`` and ``overflow``
+        bound what waits for a slow client, as for ``subscribe``. The block is free for the
+        handler's own work, typically reading the client::
+
+            await ws.accept()
+            async with broadcast.forward(room, ws):
+                async for text in ws:
+                    await broadcast.publish(room, text)
+
+        A send that finds the client gone (``ConnectionClosed``, ``RuntimeError``, ``OSError``)
+        ends the forwarding quietly. Under ``overflow="disconnect"`` an overflow cancels the
+        block, which raises ``SlowSubscriber``; a send that raises anything else is logged and
+        does the same with that exception. Leaving the block stops the forwarding: a send in
+        progress is cancelled and waited for (at most a second), none starts later.
+
+        ``RuntimeError`` when ``ws`` is a WebSocket that was not accepted;
+        ``BroadcastUnavailable`` as for ``subscribe``.
+        """
+        size = self.queue_size if queue_size is None else queue_size
+        policy = self.overflow if overflow is None else overflow
+        _check_queue(size, policy)
+        if getattr(ws, "accepted", True) is False:
+            raise RuntimeError("the WebSocket is not open: accept it before forwarding to it")
+        async with AsyncExitStack() as stack:
+            pool = self._pool
+            if pool is None:  # a memory broadcast that is not running: a worker of its own
+                own_worker = await stack.enter_async_context(anyio.create_task_group())
+                stack.callback(own_worker.cancel_scope.cancel)
+                pool = DeliveryPool(own_worker, 1, watch_stalls=False)
+            forward = Forward(self._hub.channel(channel), ws, size, policy, pool)
+            self._hub.add_forward(forward)
+            stack.push_async_callback(self._backend.unlisten, channel)
+            stack.push_async_callback(forward.leave)
+            stack.callback(self._hub.remove, forward)
+            await self._backend.listen(channel)
+            with anyio.CancelScope() as forward._scope:
+                yield forward
+        if forward._error is not None:
+            raise forward._error
 
 
 def _check_queue(queue_size: int, overflow: str) -> None:

@@ -11,12 +11,15 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import anyio.lowlevel
 
 from ._errors import BroadcastError, SlowSubscriber, SubscriptionClosed
+
+if TYPE_CHECKING:
+    from ._forward import Forward
 
 #: What to do when a subscriber's queue is full (see the ``micropie.broadcast`` docstring).
 Overflow = Literal["drop_oldest", "disconnect"]
@@ -30,7 +33,66 @@ class Message:
     data: str
 
 
-class Subscription:
+class _Member:
+    """A subscriber's bounded queue of messages on one channel, and its overflow policy.
+
+    What a ``Subscription`` (read by its own task) and a ``Forward`` (sent by the delivery
+    workers) have in common: the channel appends to ``_queue`` without ever waiting, and a
+    full queue applies ``overflow`` (see the ``micropie.broadcast`` docstring).
+    """
+
+    __slots__ = (
+        "_channel",
+        "_closed",
+        "_overflowed",
+        "_queue",
+        "channel",
+        "dropped",
+        "overflow",
+        "queue_size",
+    )
+
+    def __init__(self, channel: _Channel, queue_size: int, overflow: Overflow) -> None:
+        self.channel = channel.name
+        self.queue_size = queue_size
+        self.overflow: Overflow = overflow
+        #: Messages dropped because this subscriber did not keep up (``"drop_oldest"``).
+        self.dropped = 0
+        self._channel = channel
+        self._queue: deque[Message] = deque()
+        self._closed = False  # nothing more will be delivered
+        self._overflowed = False
+
+    @property
+    def queued(self) -> int:
+        """Messages delivered and not read (or sent) yet: never more than ``queue_size``."""
+        return len(self._queue)
+
+    def _overflow(self, message: Message) -> int:
+        """``message`` arrives and the queue is full (or closed); 1 if a message was dropped."""
+        if self._closed:
+            return 0
+        if self.overflow == "disconnect":
+            self._overflowed = True
+            self._disconnect()
+            return 0
+        self._queue.popleft()
+        self._queue.append(message)
+        self.dropped += 1
+        return 1
+
+    def _disconnect(self) -> None:
+        """The queue overflowed under ``overflow="disconnect"``: end this subscriber."""
+        raise NotImplementedError
+
+    def _slow_error(self) -> SlowSubscriber:
+        return SlowSubscriber(
+            f"subscriber to {self.channel!r} did not keep up: more than "
+            f"{self.queue_size} messages were waiting"
+        )
+
+
+class Subscription(_Member):
     """A subscriber's bounded queue of messages on one channel; read it with ``async for``.
 
     Made by ``Broadcast.subscribe``; valid only inside that block.
@@ -51,49 +113,15 @@ class Subscription:
     with the event; 20-25 % less CPU per wake-up on trio, measured).
     """
 
-    __slots__ = (
-        "_channel",
-        "_closed",
-        "_overflowed",
-        "_queue",
-        "_wakeup",
-        "_woken",
-        "channel",
-        "dropped",
-        "overflow",
-        "queue_size",
-    )
+    __slots__ = ("_wakeup", "_woken")
 
     def __init__(self, channel: _Channel, queue_size: int, overflow: Overflow) -> None:
-        self.channel = channel.name
-        self.queue_size = queue_size
-        self.overflow: Overflow = overflow
-        #: Messages dropped because this subscriber did not keep up (``"drop_oldest"``).
-        self.dropped = 0
-        self._channel = channel
-        self._queue: deque[Message] = deque()
-        self._closed = False  # nothing more will be delivered
-        self._overflowed = False
+        super().__init__(channel, queue_size, overflow)
         self._wakeup: anyio.Event | None = None  # what the current (or last) wait waits on
         self._woken = False  # the channel set _wakeup for the current wait
 
-    @property
-    def queued(self) -> int:
-        """Messages delivered and not read yet (never more than ``queue_size``)."""
-        return len(self._queue)
-
-    def _overflow(self, message: Message) -> int:
-        """``message`` arrives and the queue is full (or closed); 1 if a message was dropped."""
-        if self._closed:
-            return 0
-        if self.overflow == "disconnect":
-            self._overflowed = True
-            self._close(discard=True)
-            return 0
-        self._queue.popleft()
-        self._queue.append(message)
-        self.dropped += 1
-        return 1
+    def _disconnect(self) -> None:
+        self._close(discard=True)
 
     def _close(self, *, discard: bool = False) -> None:
         """No more messages: a reader gets what is queued (unless ``discard``), then the end
@@ -105,10 +133,7 @@ class Subscription:
 
     def _closed_error(self) -> BroadcastError:
         if self._overflowed:
-            return SlowSubscriber(
-                f"subscriber to {self.channel!r} did not keep up: more than "
-                f"{self.queue_size} messages were waiting"
-            )
+            return self._slow_error()
         return SubscriptionClosed(f"subscription to {self.channel!r} is closed")
 
     def receive(self) -> Coroutine[Any, Any, Message]:
@@ -182,11 +207,12 @@ class _Channel:
     The channel exists only while it has subscribers.
     """
 
-    __slots__ = ("_running", "name", "new_event", "parked", "subscribers")
+    __slots__ = ("_running", "forwards", "name", "new_event", "parked", "subscribers")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.subscribers: dict[Subscription, None] = {}  # a set that keeps join order
+        self.forwards: dict[Forward, None] = {}  # sent by delivery workers (see _forward)
         self.parked: deque[Subscription] = deque()  # readers waiting, in arrival order
         self._running = 0  # readers woken that have not resumed yet
         self.new_event = _event_factory()
@@ -201,6 +227,15 @@ class _Channel:
                 queue.append(message)
             else:
                 dropped += subscription._overflow(message)
+        for forward in self.forwards:
+            queue = forward._queue
+            if len(queue) < forward.queue_size and not forward._closed:
+                queue.append(message)
+                if not forward._scheduled:  # not waiting for a worker, nor being sent to
+                    forward._scheduled = True
+                    forward._pool.schedule(forward)
+            else:
+                dropped += forward._overflow(message)
         self.wake_ready()
         return dropped
 
@@ -253,19 +288,30 @@ class _Hub:
         self._channels: dict[str, _Channel] = {}
         self.dropped = 0
 
-    def subscribe(self, channel: str, queue_size: int, overflow: Overflow) -> Subscription:
-        found = self._channels.get(channel)
+    def channel(self, name: str) -> _Channel:
+        """The channel called ``name``, made for a first subscriber."""
+        found = self._channels.get(name)
         if found is None:
-            found = self._channels[channel] = _Channel(channel)
+            found = self._channels[name] = _Channel(name)
+        return found
+
+    def subscribe(self, channel: str, queue_size: int, overflow: Overflow) -> Subscription:
+        found = self.channel(channel)
         subscription = Subscription(found, queue_size, overflow)
         found.subscribers[subscription] = None
         return subscription
 
-    def remove(self, subscription: Subscription) -> None:
-        channel = self._channels.get(subscription.channel)
-        if channel is not None and channel is subscription._channel:
-            channel.subscribers.pop(subscription, None)
-            if not channel.subscribers:
+    def add_forward(self, forward: Forward) -> None:
+        forward._channel.forwards[forward] = None
+
+    def remove(self, member: Subscription | Forward) -> None:
+        channel = self._channels.get(member.channel)
+        if channel is not None and channel is member._channel:
+            if isinstance(member, Subscription):
+                channel.subscribers.pop(member, None)
+            else:
+                channel.forwards.pop(member, None)
+            if not channel.subscribers and not channel.forwards:
                 del self._channels[channel.name]
 
     def wanted(self, channel: str) -> bool:
@@ -283,4 +329,6 @@ class _Hub:
         for channel in self._channels.values():
             for subscription in channel.subscribers:
                 subscription._closed = True
+            for forward in channel.forwards:
+                forward._close()
             channel.wake_ready()  # every parked reader is closed now: a prefix of all
