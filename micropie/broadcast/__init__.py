@@ -10,9 +10,15 @@ handler (WebSocket, SSE, HTTP), on asyncio and trio::
     class MyApp(App):
         async def ws_feed(self, ws, topic):
             await ws.accept()
-            async with broadcast.subscribe(topic) as messages:
+            async with broadcast.forward(topic, ws):  # what is published goes to ws
+                async for text in ws:  # meanwhile, read the client until it leaves
+                    ...
+
+        async def ws_titles(self, ws, topic):
+            await ws.accept()
+            async with broadcast.subscribe(topic) as messages:  # for any other use
                 async for message in messages:
-                    await ws.send_text(message.data)
+                    await ws.send_text(message.data.upper())
 
         async def post(self, topic, text):
             await broadcast.publish(topic, text)
@@ -66,6 +72,12 @@ subscriber; when a subscriber's queue is full, ``overflow`` decides:
   reconnect: a WebSocket handler that lets it propagate closes its connection with 1011.
 
 So a subscriber that never reads holds at most ``queue_size`` messages and slows nobody down.
+
+Forwarding to WebSockets
+------------------------
+``forward(channel, ws)`` sends what is published to ``ws`` while its block runs, from the
+broadcast's delivery workers rather than a task per connection: the same queue, policy and
+scope as a subscription, at about half the server CPU per delivery (see ``_forward``).
 """
 
 from __future__ import annotations
@@ -285,7 +297,9 @@ class Broadcast:
         ends the forwarding quietly. Under ``overflow="disconnect"`` an overflow cancels the
         block, which raises ``SlowSubscriber``; a send that raises anything else is logged and
         does the same with that exception. Leaving the block stops the forwarding: a send in
-        progress is cancelled and waited for (at most a second), none starts later.
+        progress is cancelled and waited for, none starts later. The wait is bounded (a second)
+        for the shared workers; a worker of the block's own (a memory broadcast that is not
+        running) is a task of the block, which waits for it as a task group does.
 
         ``RuntimeError`` when ``ws`` is a WebSocket that was not accepted;
         ``BroadcastUnavailable`` as for ``subscribe``.
@@ -295,20 +309,22 @@ class Broadcast:
         _check_queue(size, policy)
         if getattr(ws, "accepted", True) is False:
             raise RuntimeError("the WebSocket is not open: accept it before forwarding to it")
-        async with AsyncExitStack() as stack:
-            pool = self._pool
-            if pool is None:  # a memory broadcast that is not running: a worker of its own
-                own_worker = await stack.enter_async_context(anyio.create_task_group())
-                stack.callback(own_worker.cancel_scope.cancel)
-                pool = DeliveryPool(own_worker, 1, watch_stalls=False)
-            forward = Forward(self._hub.channel(channel), ws, size, policy, pool)
-            self._hub.add_forward(forward)
-            stack.push_async_callback(self._backend.unlisten, channel)
-            stack.push_async_callback(forward.leave)
-            stack.callback(self._hub.remove, forward)
-            await self._backend.listen(channel)
-            with anyio.CancelScope() as forward._scope:
-                yield forward
+        # The own worker's task group would wrap what the block raises in a group.
+        with collapse_excgroups():
+            async with AsyncExitStack() as stack:
+                pool = self._pool
+                if pool is None:  # a memory broadcast that is not running: a worker of its own
+                    own_worker = await stack.enter_async_context(anyio.create_task_group())
+                    stack.callback(own_worker.cancel_scope.cancel)
+                    pool = DeliveryPool(own_worker, 1, watch_stalls=False)
+                forward = Forward(self._hub.channel(channel), ws, size, policy, pool)
+                self._hub.add_forward(forward)
+                stack.push_async_callback(self._backend.unlisten, channel)
+                stack.push_async_callback(forward.leave)
+                stack.callback(self._hub.remove, forward)
+                await self._backend.listen(channel)
+                with anyio.CancelScope() as forward._scope:
+                    yield forward
         if forward._error is not None:
             raise forward._error
 

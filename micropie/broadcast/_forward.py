@@ -198,8 +198,10 @@ class DeliveryPool:
 
     @staticmethod
     def _send_ended(worker: _Worker) -> None:
+        """A send was cancelled (or the worker stops): the forward is free again."""
         forward, worker.sending = worker.sending, None
         if forward is not None:
+            worker.sends += 1  # a send ended: not the same one at the next stall check
             forward._scheduled = False
             forward._send_ended()
 
