@@ -6,19 +6,17 @@ The Redis tests run against ``redis-server`` processes started by ``redis_server
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
 import anyio.abc
-import coredis
 import httpx
 import pytest
+from broadcast_fixtures import FeedApp, redis_subscribers
 from redis_server import RedisServer, redis_server  # noqa: F401 - the fixture
 from servers import free_port, running_server
 
-from micropie import App
 from micropie.broadcast import (
     WAKE_WINDOW,
     Broadcast,
@@ -30,30 +28,6 @@ from micropie.broadcast import (
 )
 
 pytestmark = pytest.mark.anyio
-
-_names = itertools.count()
-
-
-@pytest.fixture
-def channel() -> str:
-    """A channel name no other test uses (the Redis server is shared by the module)."""
-    return f"test-channel-{next(_names)}"
-
-
-@pytest.fixture(params=["memory", "redis"])
-def url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Each test that takes ``url`` runs on both broadcast backends."""
-    if request.param == "memory":
-        yield "memory://"
-    else:
-        yield request.getfixturevalue("redis_server").url
-
-
-async def redis_subscribers(url: str, channel: str) -> int:
-    """How many connections Redis itself has subscribed to ``channel``."""
-    async with coredis.Redis.from_url(url, decode_responses=True) as client:
-        counts = await client.pubsub_numsub(channel)
-    return int(counts[channel])
 
 
 async def receive(subscription: Subscription) -> Message:
@@ -394,25 +368,6 @@ async def test_redis_restart_mid_subscription_regains_delivery(channel: str) -> 
 
 
 # --- in an app ---------------------------------------------------------------------------
-
-
-class FeedApp(App):
-    """A WebSocket feed and an HTTP publisher on ``broadcast``, owned by the lifespan."""
-
-    def __init__(self, broadcast: Broadcast) -> None:
-        super().__init__(lifespan=broadcast.lifespan, session_cookie_secure=False)
-        self.broadcast = broadcast
-
-    async def ws_feed(self, ws, topic):  # type: ignore[no-untyped-def]
-        await ws.accept()
-        async with self.broadcast.subscribe(topic) as messages:
-            await ws.send_text("subscribed")
-            async for message in messages:
-                await ws.send_text(message.data)
-
-    async def post(self, topic: str, text: str) -> str:
-        await self.broadcast.publish(topic, text)
-        return "sent"
 
 
 @asynccontextmanager

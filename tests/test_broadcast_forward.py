@@ -13,7 +13,6 @@ sink would have happened by then. Every wait is bounded.
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -22,9 +21,9 @@ from typing import NamedTuple
 import anyio
 import anyio.abc
 import anyio.lowlevel
-import coredis
 import httpx
 import pytest
+from broadcast_fixtures import FeedApp, redis_subscribers
 from redis_server import RedisServer, redis_server  # noqa: F401 - the fixture
 from servers import running_server
 from ws_clients import ws_connect
@@ -37,29 +36,12 @@ from micropie.testing import TestClient
 
 pytestmark = pytest.mark.anyio
 
-_names = itertools.count()
-
 
 class Kind(NamedTuple):
     """How a test's broadcast runs: its URL, and whether it is entered (``async with``)."""
 
     url: str
     entered: bool
-
-
-@pytest.fixture
-def channel() -> str:
-    """A channel name no other test uses (the Redis server is shared by the module)."""
-    return f"forward-channel-{next(_names)}"
-
-
-@pytest.fixture(params=["memory", "redis"])
-def url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Each test that takes ``url`` runs on both broadcast backends (entered)."""
-    if request.param == "memory":
-        yield "memory://"
-    else:
-        yield request.getfixturevalue("redis_server").url
 
 
 @pytest.fixture(params=["memory", "memory-not-entered", "redis"])
@@ -80,13 +62,6 @@ async def running(kind: Kind) -> AsyncIterator[Broadcast]:
             yield broadcast
     else:
         yield broadcast
-
-
-async def redis_subscribers(url: str, channel: str) -> int:
-    """How many connections Redis itself has subscribed to ``channel``."""
-    async with coredis.Redis.from_url(url, decode_responses=True) as client:
-        counts = await client.pubsub_numsub(channel)
-    return int(counts[channel])
 
 
 class Sink:
@@ -588,25 +563,6 @@ async def test_a_real_websocket_not_accepted_yet_is_refused(channel: str) -> Non
 # --- in an app, served by hypercorn ------------------------------------------------------
 
 
-class FeedApp(App):
-    """A WebSocket feed forwarded by ``broadcast`` and an HTTP publisher; the lifespan owns it."""
-
-    def __init__(self, broadcast: Broadcast) -> None:
-        super().__init__(lifespan=broadcast.lifespan, session_cookie_secure=False)
-        self.broadcast = broadcast
-
-    async def ws_feed(self, ws, topic):  # type: ignore[no-untyped-def]
-        await ws.accept()
-        async with self.broadcast.forward(topic, ws):
-            await ws.send_text("subscribed")
-            async for _ in ws:
-                pass
-
-    async def post(self, topic: str, text: str) -> str:
-        await self.broadcast.publish(topic, text)
-        return "sent"
-
-
 async def test_websocket_clients_get_forwarded_messages(
     url: str, channel: str, anyio_backend: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -615,9 +571,9 @@ async def test_websocket_clients_get_forwarded_messages(
     async with (
         running_server(FeedApp(broadcast)) as base,
         httpx.AsyncClient(base_url=base) as http,
-        ws_connect(f"{base}/feed/{channel}", anyio_backend) as staying,
+        ws_connect(f"{base}/forwarded/{channel}", anyio_backend) as staying,
     ):
-        async with ws_connect(f"{base}/feed/{channel}", anyio_backend) as leaving:
+        async with ws_connect(f"{base}/forwarded/{channel}", anyio_backend) as leaving:
             with anyio.fail_after(5):
                 assert await staying.recv() == "subscribed"
                 assert await leaving.recv() == "subscribed"
