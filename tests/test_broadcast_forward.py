@@ -14,6 +14,8 @@ sink would have happened by then. Every wait is bounded.
 from __future__ import annotations
 
 import logging
+import socket
+import struct
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import NamedTuple
@@ -26,7 +28,7 @@ import pytest
 from broadcast_fixtures import FeedApp, redis_subscribers
 from redis_server import RedisServer, redis_server  # noqa: F401 - the fixture
 from servers import running_server
-from ws_clients import ws_connect
+from ws_clients import open_raw_websocket, ws_connect
 
 import micropie.broadcast._forward
 from micropie import App, ConnectionClosed
@@ -591,6 +593,61 @@ async def test_websocket_clients_get_forwarded_messages(
     assert not broadcast._hub.wanted(channel)
     # The forward to the client that left ended quietly.
     assert [record for record in caplog.records if record.levelno >= logging.ERROR] == []
+
+
+#: Messages published to a real client that never reads, and their size: 12.5 MiB in all, far
+#: more than the kernel's socket buffers and hypercorn's write buffer hold, so sends to it block.
+FLOOD_MESSAGES, FLOOD_SIZE = 200, 64 * 1024
+
+
+async def test_a_real_client_that_never_reads_holds_up_nobody(
+    channel: str, anyio_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """hypercorn, both workers: a raw-socket client that stops reading after the handshake.
+
+    Its sends block inside hypercorn (on trio in a shielded ``send_all``), its queue stays at
+    ``queue_size`` and drops the rest; a real client on the same channel gets every message, in
+    order, as soon as it is published; when the stuck client resets the connection, its handler
+    ends and the server shuts down promptly, with nothing logged as an error.
+    """
+    caplog.set_level(logging.DEBUG, logger="micropie")
+    broadcast = Broadcast(queue_size=4)
+    app = FeedApp(broadcast)
+    texts_sent = [f"{number:04d}" + "x" * (FLOOD_SIZE - 4) for number in range(FLOOD_MESSAGES)]
+    with anyio.fail_after(30):  # the whole test, shutdown included
+        async with running_server(app) as base:
+            port = int(base.rsplit(":", 1)[1])
+            stuck = await open_raw_websocket(port, f"/forwarded/{channel}")
+            try:
+                async with ws_connect(f"{base}/forwarded/{channel}", anyio_backend) as reader:
+                    assert await reader.recv() == "subscribed"
+                    await wait_for_forwards(broadcast, channel, 2)
+                    for text in texts_sent:  # one at a time: the reader's queue never fills
+                        await broadcast.publish(channel, text)  # never waits for a client
+                        assert (await reader.recv())[:4] == text[:4]
+                (stuck_forward,) = forwards_of(broadcast, channel)
+                assert stuck_forward.queued <= 4
+                assert stuck_forward.dropped > FLOOD_MESSAGES // 2  # it got a small part
+                assert broadcast.dropped == stuck_forward.dropped
+            finally:
+                raw = stuck.extra(anyio.abc.SocketAttribute.raw_socket)
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                await stuck.aclose()  # a reset: the blocked send fails
+            await wait_for_forwards(broadcast, channel, 0)
+    assert [record for record in caplog.records if record.levelno >= logging.ERROR] == []
+
+
+def forwards_of(broadcast: Broadcast, channel: str) -> list[Forward]:
+    found = broadcast._hub._channels.get(channel)
+    return list(found.forwards) if found is not None else []
+
+
+async def wait_for_forwards(broadcast: Broadcast, channel: str, count: int) -> None:
+    """Poll, bounded: the handlers enter and leave their blocks in the server's tasks, and
+    nothing tells the test when (a checkpoint per try, never more than 5 s)."""
+    with anyio.fail_after(5):
+        while len(forwards_of(broadcast, channel)) != count:  # noqa: ASYNC110 - see above
+            await anyio.sleep(0.01)
 
 
 # --- arguments ---------------------------------------------------------------------------

@@ -10,10 +10,7 @@
 
 from __future__ import annotations
 
-import base64
 import logging
-import os
-import socket
 import tracemalloc
 from http.cookies import SimpleCookie
 from typing import Any
@@ -22,7 +19,7 @@ import anyio
 import anyio.abc
 import pytest
 from servers import running_server
-from ws_clients import ws_connect
+from ws_clients import open_raw_websocket, ws_connect
 
 from micropie import App, ConnectionClosed, WebSocket
 from micropie.sessions import InMemorySessionBackend
@@ -91,31 +88,6 @@ class FloodApp(App):
         finally:
             self.ended_at = anyio.current_time()
             self.ended.set()
-
-
-async def open_raw_websocket(port: int, path: str) -> anyio.abc.SocketStream:
-    """A WebSocket handshake by hand on a socket with a small receive buffer; the 101 is read.
-
-    Reads the response one byte at a time up to the blank line, so that not one byte of the
-    first frame is consumed: from here on the client reads nothing at all.
-    """
-    stream = await anyio.connect_tcp("127.0.0.1", port)
-    raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
-    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    key = base64.b64encode(os.urandom(16)).decode()
-    await stream.send(
-        (
-            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    )
-    head = b""
-    while not head.endswith(b"\r\n\r\n"):
-        assert len(head) < 8192, head
-        head += await stream.receive(1)
-    assert head.startswith(b"HTTP/1.1 101"), head
-    return stream
 
 
 async def wait_until_sends_stall(app: FloodApp) -> None:

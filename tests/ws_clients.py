@@ -2,13 +2,20 @@
 
 ``ws_connect(url, backend)`` gives both the same small face (``send``, ``recv``), and a server
 close comes out of ``recv()`` as ``Closed(code, reason)`` whichever library is underneath.
+``open_raw_websocket`` is a client that never reads once the handshake is done.
 """
 
 from __future__ import annotations
 
+import base64
+import os
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+
+import anyio
+import anyio.abc
 
 
 class Closed(Exception):
@@ -71,3 +78,28 @@ async def ws_connect(url: str, backend: str) -> AsyncIterator[Client]:
 
     async with websockets.asyncio.client.connect(url, proxy=None, close_timeout=2) as connection:
         yield Client(connection, backend)
+
+
+async def open_raw_websocket(port: int, path: str) -> anyio.abc.SocketStream:
+    """A WebSocket handshake by hand on a socket with a small receive buffer; the 101 is read.
+
+    Reads the response one byte at a time up to the blank line, so that not one byte of the
+    first frame is consumed: from here on the client reads nothing at all.
+    """
+    stream = await anyio.connect_tcp("127.0.0.1", port)
+    raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    key = base64.b64encode(os.urandom(16)).decode()
+    await stream.send(
+        (
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        assert len(head) < 8192, head
+        head += await stream.receive(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return stream
