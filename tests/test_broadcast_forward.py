@@ -33,7 +33,7 @@ from ws_clients import open_raw_websocket, ws_connect
 import micropie.broadcast._forward
 from micropie import App, ConnectionClosed
 from micropie.broadcast import DELIVERY_WORKERS, Broadcast, Forward, SlowSubscriber
-from micropie.broadcast._forward import STALLED_AFTER
+from micropie.broadcast._forward import SENDS_BETWEEN_CHECKPOINTS, STALLED_AFTER
 from micropie.testing import TestClient
 
 pytestmark = pytest.mark.anyio
@@ -182,6 +182,46 @@ async def test_many_forwards_each_get_every_message_in_order(kind: Kind, channel
             assert await sink.wait_for(20) == texts(20)
     assert not any(sink.overlapped for sink in sinks)
     assert broadcast.dropped == 0
+
+
+class InstantSink:
+    """A send that never yields, as hypercorn's asyncio ``send()`` while its buffer has room."""
+
+    def __init__(self, log: list[str], first_sent: anyio.Event) -> None:
+        self.log = log
+        self.first_sent = first_sent
+
+    async def send_text(self, data: str) -> None:
+        self.log.append("send")
+        self.first_sent.set()
+
+
+async def test_workers_let_other_tasks_run_during_a_burst(channel: str) -> None:
+    """One message to many forwards whose sends never yield: a task that became ready at the
+    first send runs long before the last one. Every worker yields after
+    ``SENDS_BETWEEN_CHECKPOINTS`` sends; the task runs within two rounds of all the workers
+    (on trio, tasks made ready during a pass of the scheduler run in the next, in any order)."""
+    log: list[str] = []
+    first_sent = anyio.Event()
+    bound = 2 * DELIVERY_WORKERS * SENDS_BETWEEN_CHECKPOINTS
+    count = 2 * bound
+
+    async def other_task() -> None:
+        await first_sent.wait()
+        log.append("other")
+
+    async with Broadcast() as broadcast, AsyncExitStack() as stack:
+        for _ in range(count):
+            sink = InstantSink(log, first_sent)
+            await stack.enter_async_context(broadcast.forward(channel, sink))
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(other_task)
+            await anyio.wait_all_tasks_blocked()
+            await broadcast.publish(channel, "burst")
+        with anyio.fail_after(5):
+            while log.count("send") < count:
+                await anyio.lowlevel.checkpoint()
+    assert log.index("other") <= bound, f"other ran after {log.index('other')} sends"
 
 
 # --- leaving the block -------------------------------------------------------------------

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from ..websocket import ConnectionClosed
 from ._local import Overflow, _Member
@@ -56,6 +57,10 @@ DELIVERY_WORKERS = 16
 STALLED_AFTER = 0.25
 #: Seconds leaving a ``forward`` block waits for the send in progress to it to end.
 LEAVE_TIMEOUT = 1.0
+#: Sends a worker makes before it lets the event loop run, at least. A server's ``send()`` need
+#: not yield (hypercorn's asyncio worker only writes to its transport): without this, one worker
+#: woken by a message for 1,000 forwards would send all 1,000 before anything else ran.
+SENDS_BETWEEN_CHECKPOINTS = 16
 
 #: What a failed send means when it is one of these: the client is gone, or the handler
 #: closed the connection. The forward ends quietly; the handler learns it from the connection.
@@ -151,7 +156,9 @@ class DeliveryPool:
     ``schedule`` puts a forward in the ready queue (the channel does, when a message reaches
     a forward that was not in it) and wakes an idle worker. A worker sends one message per
     turn, then puts the forward back at the end of the queue if more wait: forwards are served
-    round robin, so a forward with many messages waiting does not starve the others.
+    round robin, so a forward with many messages waiting does not starve the others. Every
+    ``SENDS_BETWEEN_CHECKPOINTS`` sends a worker lets the event loop run, so a burst to many
+    clients never holds it for long even when the server's sends do not yield.
     """
 
     def __init__(
@@ -211,8 +218,14 @@ class DeliveryPool:
         ready = self.ready
         scope = worker.scope
         assert scope is not None
+        sends_in_a_row = 0
         while True:
             while ready:
+                if sends_in_a_row == SENDS_BETWEEN_CHECKPOINTS:
+                    sends_in_a_row = 0
+                    await anyio.lowlevel.checkpoint()
+                    continue  # the forwards may have changed meanwhile
+                sends_in_a_row += 1
                 forward = ready.popleft()
                 queue = forward._queue
                 if not queue:  # closed since it was scheduled
@@ -242,6 +255,7 @@ class DeliveryPool:
             worker.wakeup = anyio.Event()
             self._idle.append(worker)
             await worker.wakeup.wait()
+            sends_in_a_row = 0
 
     async def _watch_stalls(self) -> None:
         """Every ``STALLED_AFTER`` seconds: count the workers stuck in the same send as at the
