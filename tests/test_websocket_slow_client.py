@@ -42,13 +42,6 @@ STALLED_FOR = 0.5
 RUNAWAY_SENDS = 2 * MAX_SENDS_WHILE_STALLED
 
 
-#: Why the flood tests do not run on trio (yet). Seen in about one run in five: the trio run
-#: hangs idle past every ``fail_after``, so something waits in a shielded scope, presumably
-#: hypercorn's shielded ``send_all`` or its connection shutdown after the spinning handler
-#: (see the test below). Verified by hand that sends block, memory stays bounded and the
-#: handler often (not always) ends with ``ConnectionClosed`` at once when the client resets.
-
-
 class FloodApp(App):
     """Sends 1 MiB messages as fast as the connection takes them, and tells when it ends.
 
