@@ -70,11 +70,14 @@ class ChatApp(App):
         nick = ws.request.session.get("nick") or f"guest-{(ws.session_id or '0000')[:4]}"
         channel = f"chat:{room}"
         await ws.accept()
-        await ws.send_json({"type": "welcome", "nick": nick, "room": room, "worker": os.getpid()})
         try:
             # Everything published in the room goes to this client while the block runs, sent
             # by the broadcast's delivery workers (a slow client drops the oldest messages).
             async with self.broadcast.forward(channel, ws):
+                # In the room now: from the welcome on, the client misses nothing.
+                await ws.send_json(
+                    {"type": "welcome", "nick": nick, "room": room, "worker": os.getpid()}
+                )
                 await self._say(ws, channel, {"type": "join", "nick": nick})
                 await self._relay(ws, channel, nick)
         except BroadcastUnavailable:
