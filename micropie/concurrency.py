@@ -14,22 +14,28 @@ from contextlib import contextmanager
 __all__ = ["collapse_excgroups", "sole_exception"]
 
 
-def sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """The one exception inside ``group`` (through nested groups), or ``None`` for several."""
+def sole_exception(
+    group: BaseExceptionGroup[BaseException], *, levels: int | None = None
+) -> BaseException | None:
+    """The one exception inside ``group`` (through nested groups, or ``levels`` of them), or
+    ``None`` for several."""
     error: BaseException = group
-    while isinstance(error, BaseExceptionGroup):
+    while isinstance(error, BaseExceptionGroup) and levels != 0:
         if len(error.exceptions) != 1:
             return None
         error = error.exceptions[0]
+        levels = None if levels is None else levels - 1
     return error
 
 
 @contextmanager
-def collapse_excgroups() -> Iterator[None]:
+def collapse_excgroups(*, levels: int | None = None) -> Iterator[None]:
+    """Re-raise a group's sole exception; ``levels=1`` unwraps only the group of the task
+    group it surrounds, so a group that user code raised inside it comes out as it was."""
     try:
         yield
     except BaseExceptionGroup as group:
-        error = sole_exception(group)
+        error = sole_exception(group, levels=levels)
         if error is None:
             raise
     else:

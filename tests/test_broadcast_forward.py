@@ -32,9 +32,16 @@ from ws_clients import open_raw_websocket, ws_connect
 
 import micropie.broadcast._forward
 from micropie import App, ConnectionClosed
-from micropie.broadcast import DELIVERY_WORKERS, Broadcast, Forward, SlowSubscriber
-from micropie.broadcast._forward import SENDS_BETWEEN_CHECKPOINTS, STALLED_AFTER
+from micropie.broadcast import (
+    DELIVERY_WORKERS,
+    Broadcast,
+    BroadcastError,
+    Forward,
+    SlowSubscriber,
+)
+from micropie.broadcast._forward import SENDS_BETWEEN_CHECKPOINTS, STALLED_AFTER, DeliveryPool
 from micropie.testing import TestClient
+from micropie.websocket import ConnectionNotOpen
 
 pytestmark = pytest.mark.anyio
 
@@ -70,7 +77,8 @@ class Sink:
     """A stand-in for a WebSocket: records what ``send_text`` got; can block or fail.
 
     With ``gate``, each send waits for it (a client that stopped reading), ignoring
-    cancellation until then if ``shield``. With ``error``, each send raises it.
+    cancellation until then if ``shield``. With ``delay``, each send takes that long (a slow
+    network). With ``error``, each send raises it.
     ``overlapped`` becomes true if a send starts while another is in progress: a send yields
     before and after its work, so two sends to one sink at once would show.
     """
@@ -80,10 +88,12 @@ class Sink:
         *,
         gate: anyio.Event | None = None,
         shield: bool = False,
-        error: Exception | None = None,
+        delay: float = 0.0,
+        error: BaseException | None = None,
     ) -> None:
         self.gate = gate
         self.shield = shield
+        self.delay = delay
         self.error = error
         self.received: list[str] = []
         self.calls = 0  # sends started
@@ -103,6 +113,8 @@ class Sink:
                 await anyio.lowlevel.checkpoint()
                 if self.gate is not None:
                     await self.gate.wait()
+            if self.delay:
+                await anyio.sleep(self.delay)
             if self.error is not None:
                 raise self.error
             await anyio.lowlevel.checkpoint()
@@ -391,8 +403,12 @@ async def overflow_and_wait(
 
 @pytest.mark.parametrize(
     "make_error",
-    [lambda: ConnectionClosed(1006), lambda: RuntimeError("the WebSocket is closed")],
-    ids=["ConnectionClosed", "RuntimeError"],
+    [
+        lambda: ConnectionClosed(1006),
+        lambda: ConnectionNotOpen("WebSocket connection not accepted"),
+        lambda: anyio.ClosedResourceError(),
+    ],
+    ids=["ConnectionClosed", "ConnectionNotOpen", "ClosedResourceError"],
 )
 async def test_a_client_that_left_ends_its_forward_quietly(
     kind: Kind,
@@ -430,14 +446,33 @@ async def test_a_client_that_left_ends_its_forward_quietly(
     assert [record for record in caplog.records if record.levelno >= logging.ERROR] == []
 
 
+class Abort(BaseException):
+    """Not an ``Exception``: what a sink's bug may raise all the same."""
+
+
+@pytest.mark.parametrize(
+    "make_error",
+    [
+        lambda: ValueError("broken sink"),
+        lambda: RuntimeError("broken sink"),  # not every RuntimeError means "closed"
+        lambda: Abort("broken sink"),
+    ],
+    ids=["ValueError", "RuntimeError", "BaseException"],
+)
 async def test_a_send_that_fails_otherwise_ends_the_block_with_its_error(
-    kind: Kind, channel: str, caplog: pytest.LogCaptureFixture
+    kind: Kind,
+    channel: str,
+    make_error: Callable[[], BaseException],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """Only that forward's block fails (as a task of its own would): the shared workers, the
+    broadcast and the other forwards carry on."""
     caplog.set_level(logging.DEBUG, logger="micropie")
-    broken, witness = Sink(error=ValueError("broken sink")), Sink()
+    error = make_error()
+    broken, witness = Sink(error=error), Sink()
     body_ended: list[bool] = []
     async with running(kind) as broadcast, broadcast.forward(channel, witness):
-        with anyio.fail_after(5), pytest.raises(ValueError, match="broken sink"):
+        with anyio.fail_after(5), pytest.raises(type(error), match="broken sink"):
             await publish_and_wait(broadcast, channel, broken, body_ended)
         assert body_ended == []
         errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
@@ -459,19 +494,29 @@ async def publish_and_wait(
 
 @pytest.mark.parametrize(
     "make_error",
-    [lambda: KeyError("from the body"), lambda: ConnectionClosed(1006)],
-    ids=["KeyError", "ConnectionClosed"],
+    [
+        lambda: KeyError("from the body"),
+        lambda: ConnectionClosed(1006),
+        lambda: ExceptionGroup("the body's own group", [KeyError("inside")]),
+    ],
+    ids=["KeyError", "ConnectionClosed", "ExceptionGroup"],
 )
 async def test_an_error_in_the_block_comes_out_as_itself(
     kind: Kind, channel: str, make_error: Callable[[], Exception]
 ) -> None:
-    """Not wrapped in an ``ExceptionGroup``: a handler's ``except`` (and micropie's own
-    handling of ``ConnectionClosed``) must see it."""
+    """Not wrapped in an ``ExceptionGroup``, nor unwrapped from one: a handler's ``except``
+    (and micropie's own handling of ``ConnectionClosed``) must see what it raised."""
     sink, error = Sink(), make_error()
     async with running(kind) as broadcast:
         with pytest.raises(type(error)) as raised:
             await raise_in_block(broadcast, channel, sink, error)
-        assert raised.value is error
+        if isinstance(error, ExceptionGroup):  # trio's nursery hands back an equal copy
+            assert (raised.value.message, raised.value.exceptions) == (
+                error.message,
+                error.exceptions,
+            )
+        else:
+            assert raised.value is error
         assert not broadcast._hub.wanted(channel)
 
 
@@ -480,6 +525,103 @@ async def raise_in_block(broadcast: Broadcast, channel: str, sink: Sink, error: 
         await broadcast.publish(channel, "1")
         await sink.wait_for(1)
         raise error
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_cancellation_from_inside_a_send_fails_only_its_forward(
+    channel: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """asyncio only, because only asyncio has it: a send that awaits a future someone else
+    cancels (what asyncio stream libraries do when a connection is torn down) ends with a
+    ``CancelledError`` that is not the worker's. That forward's block fails with a
+    ``BroadcastError``; the workers and the other forwards go on. (On trio a ``Cancelled``
+    always belongs to a scope of the task that sees it: a sink cannot raise a foreign one.)"""
+    import asyncio
+
+    class TornDown(Sink):
+        async def send_text(self, data: str) -> None:
+            future = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(future.cancel)
+            self.calls += 1
+            await future
+
+    caplog.set_level(logging.DEBUG, logger="micropie")
+    body_ended: list[bool] = []
+    for entered in (True, False):
+        torn, witness = TornDown(), Sink()
+        async with (
+            running(Kind("memory://", entered)) as broadcast,
+            broadcast.forward(channel, witness),
+        ):
+            with anyio.fail_after(5), pytest.raises(BroadcastError, match="was cancelled"):
+                await publish_and_wait(broadcast, channel, torn, body_ended)
+            await publish_all(broadcast, channel, ["2"])
+            assert await witness.wait_for(2) == ["1", "2"]
+            if entered:
+                assert broadcast._pool is not None
+                assert len(broadcast._pool._workers) >= DELIVERY_WORKERS
+    assert body_ended == []
+
+
+async def test_a_failure_while_redis_confirms_the_subscription_is_raised_on_entry(
+    redis_server: RedisServer,  # noqa: F811
+    channel: str,
+) -> None:
+    """The forward gets messages from the moment it is in the hub, before Redis confirmed
+    its subscription (``listen``, which can wait for another subscriber's round trip). A send
+    that fails in that window fails the ``async with`` itself, instead of a block that would
+    run on with a dead forward."""
+    broadcast = Broadcast(redis_server.url)
+    broken = Sink(error=ValueError("broken sink"))
+    async with (
+        broadcast,
+        broadcast.forward(channel, Sink()),  # the channel is subscribed already
+        anyio.create_task_group() as task_group,
+    ):
+        failed = anyio.Event()
+
+        async def enter() -> None:
+            with pytest.raises(ValueError, match="broken sink"):
+                async with broadcast.forward(channel, broken):
+                    pytest.fail("the block ran with a failed forward")
+            failed.set()
+
+        async with broadcast._backend._lock:  # type: ignore[attr-defined]  # another listen
+            task_group.start_soon(enter)
+            await anyio.wait_all_tasks_blocked()  # it waits for the lock we hold
+            await broadcast.publish(channel, "1")
+            await broken.wait_until(lambda: broken.calls == 1 and broken.active == 0)
+            assert not failed.is_set()
+        with anyio.fail_after(5):
+            await failed.wait()
+
+
+async def test_slow_but_healthy_sends_do_not_grow_the_pool(
+    channel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sends well under ``STALLED_AFTER`` are not stalls, however the stall watcher's looks
+    fall: only a send in progress at two looks in a row is. (A worker idle at one look and
+    sending at the next used to count, which started extra workers again and again.) Bursts
+    with pauses between them, out of step with the looks, give the looks every phase."""
+    started: list[object] = []
+    start_worker = DeliveryPool._start_worker
+
+    def counting_start(pool: DeliveryPool) -> None:
+        started.append(pool)
+        start_worker(pool)
+
+    monkeypatch.setattr(DeliveryPool, "_start_worker", counting_start)
+    slow_sinks = [Sink(delay=STALLED_AFTER * 0.4) for _ in range(DELIVERY_WORKERS)]
+    async with Broadcast() as broadcast, AsyncExitStack() as stack:
+        for sink in slow_sinks:
+            await stack.enter_async_context(broadcast.forward(channel, sink))
+        for number in range(8):
+            await broadcast.publish(channel, str(number))
+            with anyio.fail_after(5):
+                for sink in slow_sinks:
+                    await sink.wait_for(number + 1)
+            await anyio.sleep(STALLED_AFTER * 0.8)  # not synchronisation: the pause between
+    assert len(started) == DELIVERY_WORKERS  # the pool's own; none for a stall
 
 
 # --- cancellation and shutdown -----------------------------------------------------------

@@ -91,6 +91,7 @@ import anyio
 import anyio.abc
 
 from ..concurrency import collapse_excgroups
+from ..websocket import ConnectionNotOpen
 from ._backend import _Backend, _MemoryBackend
 from ._errors import BroadcastError, BroadcastUnavailable, SlowSubscriber, SubscriptionClosed
 from ._forward import DELIVERY_WORKERS as DELIVERY_WORKERS  # public: the pool's size
@@ -293,36 +294,53 @@ class Broadcast:
                 async for text in ws:
                     await broadcast.publish(room, text)
 
-        A send that finds the client gone (``ConnectionClosed``, ``RuntimeError``, ``OSError``)
-        ends the forwarding quietly. Under ``overflow="disconnect"`` an overflow cancels the
-        block, which raises ``SlowSubscriber``; a send that raises anything else is logged and
-        does the same with that exception. Leaving the block stops the forwarding: a send in
-        progress is cancelled and waited for, none starts later. The wait is bounded (a second)
-        for the shared workers; a worker of the block's own (a memory broadcast that is not
-        running) is a task of the block, which waits for it as a task group does.
+        A send that finds the client gone (``ConnectionClosed``, ``ConnectionNotOpen`` after
+        the handler closed it, ``OSError``, anyio's closed-stream errors) ends the forwarding
+        quietly. Under ``overflow="disconnect"`` an overflow cancels the block, which raises
+        ``SlowSubscriber``; a send that raises anything else (any ``BaseException`` but
+        ``KeyboardInterrupt`` and ``SystemExit``) is logged and does the same with that
+        exception, as a task of the handler's would: the workers and other forwards go on.
+        Leaving the block stops the forwarding: a send in progress is cancelled and waited
+        for, none starts later. The wait is bounded (a second) for the shared workers; a
+        worker of the block's own (a memory broadcast that is not running) is a task of the
+        block, which waits for it as a task group does.
 
-        ``RuntimeError`` when ``ws`` is a WebSocket that was not accepted;
+        ``ConnectionNotOpen`` (a ``RuntimeError``) when ``ws`` is a WebSocket that is not open;
         ``BroadcastUnavailable`` as for ``subscribe``.
         """
         size = self.queue_size if queue_size is None else queue_size
         policy = self.overflow if overflow is None else overflow
         _check_queue(size, policy)
         if getattr(ws, "accepted", True) is False:
-            raise RuntimeError("the WebSocket is not open: accept it before forwarding to it")
-        # The own worker's task group would wrap what the block raises in a group.
-        with collapse_excgroups():
-            async with AsyncExitStack() as stack:
-                pool = self._pool
-                if pool is None:  # a memory broadcast that is not running: a worker of its own
-                    own_worker = await stack.enter_async_context(anyio.create_task_group())
-                    stack.callback(own_worker.cancel_scope.cancel)
-                    pool = DeliveryPool(own_worker, 1, watch_stalls=False)
-                forward = Forward(self._hub.channel(channel), ws, size, policy, pool)
-                self._hub.add_forward(forward)
-                stack.push_async_callback(self._backend.unlisten, channel)
-                stack.push_async_callback(forward.leave)
-                stack.callback(self._hub.remove, forward)
-                await self._backend.listen(channel)
+            raise ConnectionNotOpen("the WebSocket is not open: accept it before forwarding to it")
+        if self._pool is not None:
+            async with self._forwarding(channel, ws, size, policy, self._pool) as forward:
+                yield forward
+            return
+        # A memory broadcast that is not running: a worker of the forward's own, a task of this
+        # block. Its task group puts what the block raises in a group, which is unwrapped.
+        with collapse_excgroups(levels=1):
+            async with anyio.create_task_group() as own_worker:
+                pool = DeliveryPool(own_worker, 1, watch_stalls=False)
+                try:
+                    async with self._forwarding(channel, ws, size, policy, pool) as forward:
+                        yield forward
+                finally:
+                    own_worker.cancel_scope.cancel()
+
+    @asynccontextmanager
+    async def _forwarding(
+        self, channel: str, ws: TextSink, size: int, policy: Overflow, pool: DeliveryPool
+    ) -> AsyncIterator[Forward]:
+        """The forward's life: in the hub, listened to, in its block; then left, in order."""
+        forward = Forward(self._hub.channel(channel), ws, size, policy, pool)
+        self._hub.add_forward(forward)
+        async with AsyncExitStack() as stack:
+            stack.push_async_callback(self._backend.unlisten, channel)
+            stack.push_async_callback(forward.leave)
+            stack.callback(self._hub.remove, forward)
+            await self._backend.listen(channel)
+            if forward._error is None:  # it can fail while Redis confirms the subscription
                 with anyio.CancelScope() as forward._scope:
                     yield forward
         if forward._error is not None:

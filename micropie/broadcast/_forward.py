@@ -39,7 +39,8 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from ..websocket import ConnectionClosed
+from ..websocket import ConnectionClosed, ConnectionNotOpen
+from ._errors import BroadcastError
 from ._local import Overflow, _Member
 
 if TYPE_CHECKING:
@@ -64,7 +65,13 @@ SENDS_BETWEEN_CHECKPOINTS = 16
 
 #: What a failed send means when it is one of these: the client is gone, or the handler
 #: closed the connection. The forward ends quietly; the handler learns it from the connection.
-_GONE = (ConnectionClosed, RuntimeError, OSError, anyio.BrokenResourceError)
+_GONE = (
+    ConnectionClosed,
+    ConnectionNotOpen,
+    OSError,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+)
 
 
 class TextSink(Protocol):
@@ -237,10 +244,19 @@ class DeliveryPool:
                 try:
                     await forward._send(message.data)
                 except _GONE:
+                    logger.debug("Forwarding %r ended: the client is gone", forward.channel)
                     forward._close()
-                except Exception as error:
-                    logger.exception("Forwarding %r failed", forward.channel)
-                    forward._fail(error)
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except BaseException as error:
+                    # A cancellation is the worker's own (a forward that left, or the pool
+                    # shutting down) or came from inside the send (asyncio lets a library
+                    # cancel a future it awaits): only the second is the forward's failure.
+                    if isinstance(error, anyio.get_cancelled_exc_class()):
+                        if scope.cancel_called:
+                            raise
+                        await anyio.lowlevel.checkpoint_if_cancelled()  # raises if ours
+                    _send_failed(forward, error)
                 worker.sending = None
                 worker.sends += 1
                 forward._send_ended()
@@ -258,17 +274,36 @@ class DeliveryPool:
             sends_in_a_row = 0
 
     async def _watch_stalls(self) -> None:
-        """Every ``STALLED_AFTER`` seconds: count the workers stuck in the same send as at the
-        last look, and start workers so that ``size`` are not stuck."""
-        last_seen: dict[_Worker, int] = {}
+        """Every ``STALLED_AFTER`` seconds: count the workers still in the send they were in
+        at the last look (so for ``STALLED_AFTER`` at least), and start workers so that
+        ``size`` are not stuck."""
+        sending_at_last_look: dict[_Worker, int] = {}  # a worker sending then: its sends
         while True:
             await anyio.sleep(STALLED_AFTER)
-            stalled = [
-                worker
+            self._stalled = sum(
+                1
                 for worker in self._workers
-                if worker.sending is not None and last_seen.get(worker) == worker.sends
-            ]
-            self._stalled = len(stalled)
-            last_seen = {worker: worker.sends for worker in self._workers}
+                if worker.sending is not None
+                and sending_at_last_look.get(worker) == worker.sends  # the same send
+            )
+            sending_at_last_look = {
+                worker: worker.sends for worker in self._workers if worker.sending is not None
+            }
             for _ in range(self._size - (len(self._workers) - self._stalled)):
                 self._start_worker()
+
+
+def _send_failed(forward: Forward, error: BaseException) -> None:
+    """A send raised something else than "the client is gone": a bug, or a cancellation from
+    inside the send. The forward's block is cancelled and raises it (a cancellation as a
+    ``BroadcastError``: it is not the handler's own), unless the block was left already."""
+    if forward._left is not None:
+        logger.debug("A send to a forward of %r failed after it was left", forward.channel)
+        forward._close()
+        return
+    if isinstance(error, anyio.get_cancelled_exc_class()):
+        cancelled = error
+        error = BroadcastError(f"a send to a forward of {forward.channel!r} was cancelled")
+        error.__cause__ = cancelled
+    logger.error("Forwarding %r failed", forward.channel, exc_info=error)
+    forward._fail(error)

@@ -50,6 +50,7 @@ exceptions and close codes.
 from ._errors import (
     INTERNAL_ERROR,
     ConnectionClosed,
+    ConnectionNotOpen,
     Refused,
     close_message,
     only_connection_closed,
@@ -65,6 +66,7 @@ __all__ = [
     "INBOX_SIZE",
     "INTERNAL_ERROR",
     "ConnectionClosed",
+    "ConnectionNotOpen",
     "Refused",
     "WebSocket",
     "close_message",

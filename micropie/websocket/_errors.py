@@ -28,6 +28,12 @@ class ConnectionClosed(Exception):
         return f"WebSocket connection closed with code {self.code}{suffix}"
 
 
+class ConnectionNotOpen(RuntimeError):
+    """A send or receive on a WebSocket that is not open: not accepted yet, or closed by the
+    handler itself. A ``RuntimeError``, as in MicroPie; its own class so that code that sends
+    for a handler (``Broadcast.forward``) can tell it from a bug."""
+
+
 class Refused(Exception):
     """The connection is refused before the handler runs, with this close code and reason."""
 

@@ -22,7 +22,7 @@ from ..sessions import (
     validate_session_id,
 )
 from ..types import Message, Receive, Scope, Send
-from ._errors import ConnectionClosed, close_message
+from ._errors import ConnectionClosed, ConnectionNotOpen, close_message
 from ._messages import (
     _as_bytes,
     _as_text,
@@ -214,7 +214,7 @@ class WebSocket:
         alive for as long as the connection is open.
         """
         if self._state is _CONNECTING and self._close_info is None:
-            raise RuntimeError(_NOT_ACCEPTED)
+            raise ConnectionNotOpen(_NOT_ACCEPTED)
         while True:
             if self._inbox is not None:
                 message = await next_from_pump(self, self._inbox, iterating)
@@ -306,7 +306,7 @@ class WebSocket:
             if self._state is not _OPEN:
                 if self._close_info is not None and not self._closed_by_handler:
                     raise self._connection_closed()
-                raise RuntimeError(_NOT_ACCEPTED)
+                raise ConnectionNotOpen(_NOT_ACCEPTED)
             # ``_send_or_closed``, inlined: on servers that take this path for every message,
             # a call here would be one more frame resumed at every suspension of the send.
             try:
