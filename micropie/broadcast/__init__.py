@@ -77,7 +77,7 @@ Forwarding to WebSockets
 ------------------------
 ``forward(channel, ws)`` sends what is published to ``ws`` while its block runs, from the
 broadcast's delivery workers rather than a task per connection: the same queue, policy and
-scope as a subscription, at about half the server CPU per delivery (see ``_forward``).
+scope as a subscription, for about 40 % less server CPU per delivery (see ``_forward``).
 """
 
 from __future__ import annotations
@@ -284,7 +284,7 @@ class Broadcast:
 
         The way to fan a channel out to WebSockets: each message is sent with
         ``await ws.send_text(message.data)`` by the broadcast's delivery workers, not by a task
-        of the connection, which costs about half the CPU per delivery (see ``_forward``).
+        of the connection, which costs about 40 % less CPU per delivery (see ``_forward``).
         Messages reach ``ws`` in order, one send at a time; ``queue_size`` and ``overflow``
         bound what waits for a slow client, as for ``subscribe``. The block is free for the
         handler's own work, typically reading the client::

@@ -6,8 +6,8 @@ whole chain of coroutines (the server's, the app's, the handler's, the wait's) t
 delivery, each chain cold in the CPU's caches. ``Broadcast.forward`` sends from a few
 *delivery workers* instead: a worker takes a forward that has messages waiting, sends it one
 (its own chain stays warm, and sixteen of them run in one pass of the event loop), and goes on
-to the next. Measured on hypercorn's trio worker with 1,000 subscribers: 22 µs of server CPU per
-delivery against 39-49 µs with a task per subscriber (docs/broadcast.md, Performance).
+to the next. Measured on hypercorn's trio worker with 1,000 subscribers: 26-33 µs of server CPU
+per delivery against 47-53 µs with a task per subscriber (docs/broadcast.md, Performance).
 
 What a task per subscriber gives for free is kept:
 
