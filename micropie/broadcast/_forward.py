@@ -212,7 +212,8 @@ class DeliveryPool:
 
     @staticmethod
     def _send_ended(worker: _Worker) -> None:
-        """A send was cancelled (or the worker stops): the forward is free again."""
+        """The worker's send ended (or was cancelled, or the worker stops): the forward is
+        free again, and a block leaving meanwhile may go on."""
         forward, worker.sending = worker.sending, None
         if forward is not None:
             worker.sends += 1  # a send ended: not the same one at the next stall check
@@ -257,13 +258,10 @@ class DeliveryPool:
                             raise
                         await anyio.lowlevel.checkpoint_if_cancelled()  # raises if ours
                     _send_failed(forward, error)
-                worker.sending = None
-                worker.sends += 1
-                forward._send_ended()
-                if queue:
+                self._send_ended(worker)
+                if queue:  # more waiting: back in line, behind the others
+                    forward._scheduled = True
                     ready.append(forward)
-                else:
-                    forward._scheduled = False
                 if scope.cancel_called:  # the send ended before the cancellation arrived
                     return True
             if len(self._workers) - self._stalled > self._size:
