@@ -196,6 +196,29 @@ async def test_many_forwards_each_get_every_message_in_order(kind: Kind, channel
     assert broadcast.dropped == 0
 
 
+async def test_a_forward_made_with_start_false_sends_once_started(kind: Kind, channel: str) -> None:
+    """The subscription is live from the start, but nothing is sent before ``start()``: the
+    handler's own first message (a greeting) comes first, then what was published meanwhile
+    (bounded by ``queue_size``, oldest dropped), then everything after."""
+    sink = Sink()
+    async with running(kind) as broadcast:
+        async with broadcast.forward(channel, sink, queue_size=3, start=False) as forward:
+            await publish_all(broadcast, channel, texts(5))
+            await anyio.wait_all_tasks_blocked()
+            assert (sink.calls, forward.queued, forward.dropped) == (0, 3, 2)
+            await sink.send_text("greeting")  # the handler's own send
+            forward.start()
+            forward.start()  # idempotent
+            assert await sink.wait_for(4) == ["greeting", "2", "3", "4"]
+            await publish_all(broadcast, channel, ["5"])
+            assert await sink.wait_for(5) == ["greeting", "2", "3", "4", "5"]
+        async with broadcast.forward(channel, sink, start=False):
+            await broadcast.publish(channel, "never sent")
+        await anyio.wait_all_tasks_blocked()
+    assert sink.received == ["greeting", "2", "3", "4", "5"]
+    assert not sink.overlapped
+
+
 class InstantSink:
     """A send that never yields, as hypercorn's asyncio ``send()`` while its buffer has room."""
 

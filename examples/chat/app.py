@@ -73,11 +73,13 @@ class ChatApp(App):
         try:
             # Everything published in the room goes to this client while the block runs, sent
             # by the broadcast's delivery workers (a slow client drops the oldest messages).
-            async with self.broadcast.forward(channel, ws):
-                # In the room now: from the welcome on, the client misses nothing.
+            async with self.broadcast.forward(channel, ws, start=False) as forward:
+                # In the room now, so the client misses nothing from here on; the welcome goes
+                # first, then what was published meanwhile and everything after.
                 await ws.send_json(
                     {"type": "welcome", "nick": nick, "room": room, "worker": os.getpid()}
                 )
+                forward.start()
                 await self._say(ws, channel, {"type": "join", "nick": nick})
                 await self._relay(ws, channel, nick)
         except BroadcastUnavailable:

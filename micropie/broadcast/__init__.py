@@ -279,6 +279,7 @@ class Broadcast:
         *,
         queue_size: int | None = None,
         overflow: Overflow | None = None,
+        start: bool = True,
     ) -> AsyncIterator[Forward]:
         """Send what is published on ``channel`` to ``ws`` while the block runs.
 
@@ -305,6 +306,14 @@ class Broadcast:
         worker of the block's own (a memory broadcast that is not running) is a task of the
         block, which waits for it as a task group does.
 
+        The forward's sends and the handler's own are not ordered between them. To send
+        something first (a greeting), pass ``start=False``: the subscription is live when the
+        block is entered, but what is published waits in the queue until ``forward.start()``::
+
+            async with broadcast.forward(room, ws, start=False) as forward:
+                await ws.send_json({"type": "welcome"})  # first, and nothing missed
+                forward.start()
+
         ``ConnectionNotOpen`` (a ``RuntimeError``) when ``ws`` is a WebSocket that is not open;
         ``BroadcastUnavailable`` as for ``subscribe``.
         """
@@ -314,7 +323,7 @@ class Broadcast:
         if getattr(ws, "accepted", True) is False:
             raise ConnectionNotOpen("the WebSocket is not open: accept it before forwarding to it")
         if self._pool is not None:
-            async with self._forwarding(channel, ws, size, policy, self._pool) as forward:
+            async with self._forwarding(channel, ws, size, policy, self._pool, start) as forward:
                 yield forward
             return
         # A memory broadcast that is not running: a worker of the forward's own, a task of this
@@ -323,17 +332,23 @@ class Broadcast:
             async with anyio.create_task_group() as own_worker:
                 pool = DeliveryPool(own_worker, 1, watch_stalls=False)
                 try:
-                    async with self._forwarding(channel, ws, size, policy, pool) as forward:
+                    async with self._forwarding(channel, ws, size, policy, pool, start) as forward:
                         yield forward
                 finally:
                     own_worker.cancel_scope.cancel()
 
     @asynccontextmanager
     async def _forwarding(
-        self, channel: str, ws: TextSink, size: int, policy: Overflow, pool: DeliveryPool
+        self,
+        channel: str,
+        ws: TextSink,
+        size: int,
+        policy: Overflow,
+        pool: DeliveryPool,
+        start: bool,
     ) -> AsyncIterator[Forward]:
         """The forward's life: in the hub, listened to, in its block; then left, in order."""
-        forward = Forward(self._hub.channel(channel), ws, size, policy, pool)
+        forward = Forward(self._hub.channel(channel), ws, size, policy, pool, start=start)
         self._hub.add_forward(forward)
         async with AsyncExitStack() as stack:
             stack.push_async_callback(self._backend.unlisten, channel)

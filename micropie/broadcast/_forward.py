@@ -84,10 +84,11 @@ class Forward(_Member):
     """A WebSocket (or any ``TextSink``) that a channel is forwarded to.
 
     Made by ``Broadcast.forward``; it lives as long as that block. ``queued`` and ``dropped``
-    say how well the client keeps up.
+    say how well the client keeps up; ``start()`` begins sending for one made with
+    ``start=False``.
     """
 
-    __slots__ = ("_error", "_left", "_pool", "_scheduled", "_scope", "_send", "_sender")
+    __slots__ = ("_error", "_held", "_left", "_pool", "_scheduled", "_scope", "_send", "_sender")
 
     def __init__(
         self,
@@ -96,15 +97,31 @@ class Forward(_Member):
         queue_size: int,
         overflow: Overflow,
         pool: DeliveryPool,
+        *,
+        start: bool = True,
     ) -> None:
         super().__init__(channel, queue_size, overflow)
         self._send: Callable[[str], Awaitable[None]] = sink.send_text
         self._pool = pool
-        self._scheduled = False  # waiting in the pool's ready queue, or being sent to
+        self._held = not start  # messages wait until ``start()``
+        # In the pool's ready queue or being sent to; a held forward counts as scheduled, so
+        # that a delivery only queues its message (the channel schedules no one twice).
+        self._scheduled = self._held
         self._sender: _Worker | None = None  # the worker sending to it right now
         self._left: anyio.Event | None = None  # set when that send has ended (see leave)
         self._scope: anyio.CancelScope | None = None  # the block's, cancelled on failure
         self._error: BaseException | None = None  # what leaving the block raises
+
+    def start(self) -> None:
+        """Begin sending, for a forward made with ``start=False``: what was published since
+        the block was entered (at most ``queue_size`` messages) goes first. Idempotent."""
+        if not self._held:
+            return
+        self._held = False
+        self._scheduled = False
+        if self._queue and not self._closed:
+            self._scheduled = True
+            self._pool.schedule(self)
 
     def _disconnect(self) -> None:
         self._fail(self._slow_error())
