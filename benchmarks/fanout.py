@@ -38,7 +38,7 @@ import sys
 import time
 from array import array
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -639,29 +639,42 @@ async def fetch_server_trace(protocol: Protocol) -> dict[str, Any]:
 # --- in process: the broadcast alone, no sockets --------------------------------------------
 
 
-async def measure_inprocess(url: str, clients: int, messages: int, burst: int) -> Result:
-    """N subscriber tasks in this process: what the broadcast itself costs (anyio)."""
+async def measure_inprocess(
+    url: str, clients: int, messages: int, burst: int, forward: bool = False
+) -> Result:
+    """N subscribers in this process: what the broadcast itself costs (anyio). Each is a task
+    reading its subscription, or with ``forward`` a sink the delivery workers send to."""
     import anyio
 
     result = Result("", clients)
     state = {"expected": 0, "received": 0}
     all_in = anyio.Event()
 
+    def delivered(data: str) -> None:
+        sent, kind = data.split(" ", 1)
+        if kind == "latency":
+            result.latencies.append(time.time() - float(sent))
+        state["received"] += 1
+        if state["received"] >= state["expected"]:
+            all_in.set()
+
     async def subscriber(task_status: Any) -> None:
         async with bench.subscribe(CHANNEL) as messages:
             task_status.started()
             async for message in messages:
-                sent, kind = message.data.split(" ", 1)
-                if kind == "latency":
-                    result.latencies.append(time.time() - float(sent))
-                state["received"] += 1
-                if state["received"] >= state["expected"]:
-                    all_in.set()
+                delivered(message.data)
+
+    class Sink:
+        async def send_text(self, data: str) -> None:
+            delivered(data)
 
     bench = Broadcast(url, queue_size=max(2 * burst, 100))
-    async with bench, anyio.create_task_group() as tasks:
+    async with bench, anyio.create_task_group() as tasks, AsyncExitStack() as forwards:
         for _ in range(clients):
-            await tasks.start(subscriber)
+            if forward:
+                await forwards.enter_async_context(bench.forward(CHANNEL, Sink()))
+            else:
+                await tasks.start(subscriber)
         for number in range(messages):
             all_in = anyio.Event()
             state["expected"] = (number + 1) * clients
@@ -677,7 +690,8 @@ async def measure_inprocess(url: str, clients: int, messages: int, burst: int) -
             await all_in.wait()
         result.rate = state["received"] / (time.perf_counter() - start)
         result.lost = burst * clients - state["received"]
-        tasks.cancel_scope.cancel()
+        if not forward:  # (1,000 forwards nest 1,000 scopes in this task: left one by one)
+            tasks.cancel_scope.cancel()
     return result
 
 
@@ -731,12 +745,20 @@ def main() -> None:
         for worker in [] if args.no_inprocess else workers:
             for backend, url in backends:
                 for count in counts:
-                    result = anyio.run(
-                        measure_inprocess, url, count, args.messages, args.burst, backend=worker
-                    )
-                    result.name = f"in-process {backend} {worker}"
-                    print(result.row(), flush=True)
-                    results.append(result)
+                    for forward in (True, False):
+                        result = anyio.run(
+                            measure_inprocess,
+                            url,
+                            count,
+                            args.messages,
+                            args.burst,
+                            forward,
+                            backend=worker,
+                        )
+                        how = "forward" if forward else "subscribe"
+                        result.name = f"in-process {backend} {worker}, {how}"
+                        print(result.row(), flush=True)
+                        results.append(result)
         if args.inprocess_only:
             return
         setups = []
