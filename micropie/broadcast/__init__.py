@@ -246,6 +246,15 @@ class Broadcast:
             raise TypeError(f"broadcast messages are str, not {type(data).__name__}")
         await self._backend.publish(channel, data)
 
+    def _queue_policy(
+        self, queue_size: int | None, overflow: Overflow | None
+    ) -> tuple[int, Overflow]:
+        """A subscriber's queue size and overflow policy: its own, else the broadcast's."""
+        size = self.queue_size if queue_size is None else queue_size
+        policy = self.overflow if overflow is None else overflow
+        _check_queue(size, policy)
+        return size, policy
+
     @asynccontextmanager
     async def subscribe(
         self,
@@ -259,9 +268,7 @@ class Broadcast:
         The subscription is live when the block is entered. Raises ``BroadcastUnavailable``
         when Redis cannot confirm the subscription within ``connect_timeout``.
         """
-        size = self.queue_size if queue_size is None else queue_size
-        policy = self.overflow if overflow is None else overflow
-        _check_queue(size, policy)
+        size, policy = self._queue_policy(queue_size, overflow)
         subscription = self._hub.subscribe(channel, size, policy)
         try:
             await self._backend.listen(channel)
@@ -317,9 +324,7 @@ class Broadcast:
         ``ConnectionNotOpen`` (a ``RuntimeError``) when ``ws`` is a WebSocket that is not open;
         ``BroadcastUnavailable`` as for ``subscribe``.
         """
-        size = self.queue_size if queue_size is None else queue_size
-        policy = self.overflow if overflow is None else overflow
-        _check_queue(size, policy)
+        size, policy = self._queue_policy(queue_size, overflow)
         if getattr(ws, "accepted", True) is False:
             raise ConnectionNotOpen("the WebSocket is not open: accept it before forwarding to it")
         if self._pool is not None:
