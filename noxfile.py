@@ -74,6 +74,7 @@ def docs(session: nox.Session) -> None:
     include (docs_src/) are run by tests/test_docs_samples.py in ``nox -s tests``.
     """
     session.install("-e", ".[all]", *group("docs"))
+    session.env["NO_MKDOCS_2_WARNING"] = "1"  # Material's notice about its successor
     if session.posargs[:1] == ["serve"]:
         session.run("mkdocs", "serve", *session.posargs[1:])
     else:
