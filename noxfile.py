@@ -7,9 +7,19 @@ import shutil
 
 import nox
 
+nox.needs_version = ">=2025.2.9"  # nox.project.dependency_groups
 nox.options.sessions = ["tests", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.default_venv_backend = "venv"
+
+#: The developer tools are PEP 735 dependency groups in pyproject.toml (not extras a user could
+#: install); ``group(name)`` lists one for ``session.install``, whatever pip the session has.
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+
+
+def group(name: str) -> tuple[str, ...]:
+    """The requirements of dependency group ``name``."""
+    return nox.project.dependency_groups(PYPROJECT, name)
 
 
 #: Programs the tests use for real, and the Debian packages that provide them.
@@ -37,14 +47,14 @@ def install_system_packages(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """The whole test suite, every concurrency test on asyncio and trio."""
     install_system_packages(session)
-    session.install("-e", ".[test]")
+    session.install("-e", ".[all]", *group("test"))
     session.run("python", "-m", "pytest", *session.posargs)
 
 
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff check (with the ASYNC rules) and ruff format --check."""
-    session.install("ruff>=0.6")
+    session.install(*group("lint"))
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 
@@ -52,8 +62,23 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the package."""
-    session.install("-e", ".[typecheck]")
+    session.install("-e", ".[all]", *group("typecheck"))
     session.run("mypy", "micropie")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site into site/ with ``mkdocs build --strict``.
+
+    ``nox -s docs -- serve`` serves it with live reload instead. The code samples the pages
+    include (docs_src/) are run by tests/test_docs_samples.py in ``nox -s tests``.
+    """
+    session.install("-e", ".[all]", *group("docs"))
+    session.env["NO_MKDOCS_2_WARNING"] = "1"  # Material's notice about its successor
+    if session.posargs[:1] == ["serve"]:
+        session.run("mkdocs", "serve", *session.posargs[1:])
+    else:
+        session.run("mkdocs", "build", "--strict", *session.posargs)
 
 
 @nox.session
@@ -78,7 +103,7 @@ def serve(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Benchmarks (in-process and over the wire); not part of CI."""
-    session.install("-e", ".[bench]")
+    session.install("-e", ".[all]", *group("bench"))
     for script in ("inprocess", "wire", "websocket", "uploads"):
         session.run("python", f"benchmarks/{script}.py", *session.posargs)
     # benchmarks/fanout.py needs redis-server; run it by hand (see docs/broadcast.md).
