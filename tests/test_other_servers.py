@@ -24,6 +24,8 @@ from other_servers import SERVERS, start_server
 from servers import CliServer
 from ws_clients import Closed, ws_connect
 
+pytestmark = pytest.mark.anyio
+
 TARGET = "tests.apps.any_server:app"
 
 #: The line each server logs once a SIGTERM has started its shutdown.
@@ -31,6 +33,11 @@ SHUTTING_DOWN = {"uvicorn": "Waiting for connections to close", "granian": "Stop
 
 #: The exit status after a graceful SIGTERM: uvicorn re-raises the signal once it has shut down.
 STOPPED_BY_SIGTERM = {"uvicorn": -signal.SIGTERM, "granian": 0}
+
+
+#: For tests that need the ``websockets`` client's low-level controls (any close code, a drop
+#: without a close frame): it runs on asyncio only, and the servers do too.
+asyncio_client = pytest.mark.parametrize("anyio_backend", ["asyncio"])
 
 
 @pytest.fixture(scope="module", params=SERVERS)
@@ -54,7 +61,6 @@ async def happened(client: httpx.AsyncClient, name: str) -> bool:
     return answer.text == "yes"
 
 
-@pytest.mark.anyio
 async def test_routes_json_upload_and_stream(server: CliServer) -> None:
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
         home = await client.get("/")
@@ -81,7 +87,6 @@ async def test_routes_json_upload_and_stream(server: CliServer) -> None:
         assert streamed.text == "".join(f"{i};" for i in range(200))
 
 
-@pytest.mark.anyio
 async def test_seed_websocket_examples(server: CliServer, anyio_backend: str) -> None:
     async with ws_connect(f"{server.url}/echo", anyio_backend) as ws:
         await ws.send("hello")
@@ -96,7 +101,6 @@ async def test_seed_websocket_examples(server: CliServer, anyio_backend: str) ->
             assert closed.value.code == 1000
 
 
-@pytest.mark.anyio
 @pytest.mark.parametrize("route", ["slow", "endless"])
 async def test_a_client_that_leaves_cancels_its_handler(server: CliServer, route: str) -> None:
     """A waiting handler is cancelled, a stream's generator closed, soon after the client left."""
@@ -112,6 +116,71 @@ async def test_a_client_that_leaves_cancels_its_handler(server: CliServer, route
         left = anyio.current_time()
         assert await happened(client, ended)
         assert anyio.current_time() - left < 2
+
+
+async def test_a_websocket_handler_that_is_not_reading_is_cancelled_when_the_client_leaves(
+    server: CliServer, anyio_backend: str
+) -> None:
+    key = f"ws-{uuid4().hex}"
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        async with ws_connect(f"{server.url}/wait/{key}", anyio_backend):
+            assert await happened(client, f"{key}-started")
+        left = anyio.current_time()
+        assert await happened(client, f"{key}-cancelled")
+        assert anyio.current_time() - left < 2  # micropie's grace for a handler not reading: 0.5 s
+
+
+@asyncio_client
+async def test_the_client_close_code_reaches_the_app(server: CliServer) -> None:
+    """Unlike hypercorn (always 1006), both servers pass the client's own close code on.
+
+    The ``websockets`` client (asyncio) is used alone: it can close with any code, or drop the
+    connection with no close frame at all.
+    """
+    import websockets
+
+    ws_url = server.url.replace("http://", "ws://")
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        for code in (1000, 1001, 4000):
+            key = f"code-{code}-{uuid4().hex}"
+            async with websockets.connect(f"{ws_url}/listen/{key}") as ws:
+                await ws.close(code, "bye")
+            assert (await client.get(f"/close_code/{key}")).text == str(code)
+
+        key = f"dropped-{uuid4().hex}"
+        async with websockets.connect(f"{ws_url}/listen/{key}") as ws:
+            ws.transport.abort()  # no close frame: ASGI's "no code" 1005
+        assert (await client.get(f"/close_code/{key}")).text == "1005"
+
+
+#: What a client's open WebSocket sees at SIGTERM: uvicorn closes it with 1012 (service
+#: restart); granian drops the connection without a close frame.
+CLOSE_AT_SIGTERM = {"uvicorn": 1012, "granian": None}
+
+
+@asyncio_client
+@pytest.mark.parametrize("server_name", SERVERS)
+async def test_sigterm_closes_open_websockets_and_runs_the_lifespan_shutdown(
+    server_name: str,
+) -> None:
+    import websockets
+
+    with start_server(server_name, TARGET) as running:
+        ws_url = running.url.replace("http://", "ws://")
+        async with (
+            httpx.AsyncClient(base_url=running.url, timeout=10) as client,
+            websockets.connect(f"{ws_url}/wait/sigterm") as ws,
+        ):
+            assert await happened(client, "sigterm-started")
+            running.process.send_signal(signal.SIGTERM)
+            with anyio.fail_after(5), pytest.raises(websockets.ConnectionClosed) as closed:
+                await ws.recv()
+        received = closed.value.rcvd
+        assert (received.code if received else None) == CLOSE_AT_SIGTERM[server_name]
+        assert running.wait() == STOPPED_BY_SIGTERM[server_name], running.output
+        assert "lifespan shutdown ran" in running.output
+        if server_name == "uvicorn":  # granian stops its loop before micropie's 0.5 s grace
+            assert "WebSocket handler sigterm cancelled" in running.output
 
 
 @pytest.mark.parametrize("server_name", SERVERS)
@@ -136,3 +205,4 @@ def test_shutdown_waits_for_an_open_stream(server_name: str) -> None:
             assert running.process.poll() is None, running.output
         # The client left: now the server finishes its shutdown.
         assert running.wait() == STOPPED_BY_SIGTERM[server_name], running.output
+        assert "lifespan shutdown ran" in running.output

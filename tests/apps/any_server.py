@@ -10,6 +10,7 @@ KEY, so the tests can share one server process.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,6 +19,10 @@ import anyio.lowlevel
 import sniffio
 
 from examples.websockets.app import MyApp
+from micropie import ConnectionClosed, WebSocket
+
+#: What the test reads in the server's output (WARNING: printed even where nobody set up logging).
+report = logging.getLogger("tests.any_server")
 
 #: The longest ``/happened/NAME`` waits before answering "no".
 WAIT_SECONDS = 5.0
@@ -28,6 +33,13 @@ class AnyServerApp(MyApp):
         super().__init__()
         # Created on first use: an anyio.Event needs the running event loop.
         self._moments: dict[str, anyio.Event] = {}
+        self.close_codes: dict[str, int] = {}
+
+    async def close_code(self, key: str) -> str:
+        """The close code ``ws_listen`` saw for ``key`` (waits like ``happened``)."""
+        if await self.happened(f"{key}-closed") == "no":
+            return "none"
+        return str(self.close_codes[key])
 
     def _moment(self, name: str) -> anyio.Event:
         if name not in self._moments:
@@ -87,5 +99,35 @@ class AnyServerApp(MyApp):
 
         return ticks()
 
+    async def ws_broken(self, ws: WebSocket) -> None:
+        await ws.accept()
+        raise RuntimeError("a failing WebSocket handler")
+
+    async def ws_listen(self, ws: WebSocket, key: str) -> None:
+        await ws.accept()
+        try:
+            while True:
+                await ws.receive_text()
+        except ConnectionClosed as closed:
+            self.close_codes[key] = closed.code
+            self._moment(f"{key}-closed").set()
+
+    async def ws_wait(self, ws: WebSocket, key: str) -> None:
+        await ws.accept()
+        self._moment(f"{key}-started").set()
+        try:
+            await anyio.sleep(30)
+        except anyio.get_cancelled_exc_class():
+            self._moment(f"{key}-cancelled").set()
+            report.warning("WebSocket handler %s cancelled", key)
+            raise
+
 
 app = AnyServerApp()
+
+
+async def _report_shutdown() -> None:
+    report.warning("lifespan shutdown ran")
+
+
+app.shutdown_handlers.append(_report_shutdown)
