@@ -57,10 +57,14 @@ def start_server(server: str, target: str, *extra_args: str) -> CliServer:
         start_new_session=True,  # CliServer.kill() ends the whole group: granian's worker too
     )
     running = CliServer(process)
-    match = running.wait_for_output(_LISTENING[server])[-1]
-    if server == "uvicorn":
-        port = int(match.group(1))
-    wait_until_accepting(running, port)
+    try:
+        match = running.wait_for_output(_LISTENING[server])[-1]
+        if server == "uvicorn":
+            port = int(match.group(1))
+        wait_until_accepting(running, port)
+    except BaseException:
+        running.kill()  # nobody holds it yet: never leave a server behind
+        raise
     running.url = f"http://127.0.0.1:{port}"
     return running
 
