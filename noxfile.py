@@ -1,16 +1,70 @@
-"""Developer tasks. ``nox -s tests`` runs the whole suite; ``nox -s serve`` serves an example."""
+"""Developer tasks. ``nox -s tests`` runs the whole suite on every supported Python (one of them:
+``nox -s tests-3.11``); ``nox -s serve`` serves an example."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import subprocess
+from pathlib import Path
 
 import nox
 
 nox.needs_version = ">=2025.2.9"  # nox.project.dependency_groups
+
+#: The Pythons CI runs the whole suite on; each must be installed (see ``add_pyenv_pythons``).
+PYTHONS = ["3.11", "3.12", "3.13"]
+
 nox.options.sessions = ["tests", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.default_venv_backend = "venv"
+# A Python that is not installed fails the run: a skipped interpreter is not a pass. And nox
+# never downloads one (CI machines only reach package registries).
+nox.options.error_on_missing_interpreters = True
+nox.options.download_python = "never"
+
+
+def runs(program: str) -> bool:
+    """Whether ``program -c pass`` works: a pyenv shim exists for every installed version but
+    fails for those that are not selected (``pyenv global``/``PYENV_VERSION``)."""
+    try:
+        return (
+            subprocess.run([program, "-c", "pass"], capture_output=True, timeout=30).returncode == 0
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def add_pyenv_pythons() -> None:
+    """Put pyenv's interpreters for ``PYTHONS`` on PATH when ``pythonX.Y`` does not run as is.
+
+    pyenv installs each version under ``$PYENV_ROOT/versions/X.Y.Z/bin``; its shims only run the
+    selected versions. The newest installed patch release of each missing X.Y is used. A version
+    found neither way stays missing, and nox then fails naming it.
+    """
+    pyenv_root = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv")
+    directories = []
+    for version in PYTHONS:
+        program = f"python{version}"
+        found = shutil.which(program)
+        if found is not None and runs(found):
+            continue
+        release = re.compile(rf"{re.escape(version)}\.(\d+)")
+        installed = [
+            (int(match.group(1)), path / "bin" / program)
+            for path in pyenv_root.glob("versions/*")
+            if (match := release.fullmatch(path.name))
+        ]
+        for _, candidate in sorted(installed, reverse=True):
+            if runs(str(candidate)):
+                directories.append(str(candidate.parent))
+                break
+    if directories:
+        os.environ["PATH"] = os.pathsep.join([*directories, os.environ.get("PATH", "")])
+
+
+add_pyenv_pythons()
 
 #: The developer tools are PEP 735 dependency groups in pyproject.toml (not extras a user could
 #: install); ``group(name)`` lists one for ``session.install``, whatever pip the session has.
@@ -43,9 +97,13 @@ def install_system_packages(session: nox.Session) -> None:
     session.run("apt-get", "install", "-y", "-qq", *missing, external=True, env=env)
 
 
-@nox.session
+@nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
-    """The whole test suite, every concurrency test on asyncio and trio."""
+    """The whole suite on one Python, every concurrency test on asyncio and trio.
+
+    ``nox -s tests`` runs it on every Python in PYTHONS; ``nox -s tests-3.11 -- tests/test_x.py``
+    runs one file on one Python.
+    """
     install_system_packages(session)
     session.install("-e", ".[all]", *group("test"))
     session.run("python", "-m", "pytest", *session.posargs)

@@ -6,11 +6,11 @@ Two ways to run, one command line:
   SIGINT and SIGTERM shut down gracefully on both backends, and a failed lifespan startup
   raises here, so the exit status says so.
 * ``--workers N`` (N >= 1) or ``--reload`` runs a supervisor (``micropie.supervisor``) that
-  spawns N hypercorn worker processes (hypercorn's own ``trio_worker``/``asyncio_worker`` on
-  shared, pre-bound sockets, so ``--port 0`` works). SIGINT/SIGTERM ask the workers to shut
-  down gracefully; SIGHUP or a changed source file (``--reload``) restarts them. Unlike
-  ``hypercorn.run.run``, which exits 0 when a worker died (e.g. after failing its lifespan
-  startup), the supervisor reports that and exits 1.
+  spawns N worker processes serving the app the same way, on shared, pre-bound sockets (so
+  ``--port 0`` works). SIGINT/SIGTERM, to the supervisor or to the whole process group (``docker
+  stop``, systemd, ``timeout``), ask the workers to shut down gracefully; SIGHUP or a changed
+  source file (``--reload``) restarts them. Unlike ``hypercorn.run.run``, which exits 0 when a
+  worker died (e.g. after failing its lifespan startup), the supervisor reports that and exits 1.
 
 Exit status: 0 after a clean shutdown, 1 when the server or a worker failed (a failed lifespan
 startup included), 2 for a bad command line or an app that cannot be loaded.
@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # Also done before spawning workers (which import it again): one clear error and
         # status 2 instead of a traceback from every worker.
-        app = _load_app(args.app)
+        app = load_app(args.app)
     except AppLoadError as exc:
         parser.error(str(exc))  # exits with status 2
     if args.workers > 0 or args.reload:
@@ -141,8 +141,11 @@ def _serve_here(app: ASGIApp, args: argparse.Namespace, level: str) -> int:
     return EXIT_FAILED
 
 
-def _load_app(target: str) -> ASGIApp:
-    """Import MODULE:ATTRIBUTE the way hypercorn's workers will (see ``hypercorn.utils``)."""
+def load_app(target: str) -> ASGIApp:
+    """Import MODULE:ATTRIBUTE (here, and in every worker process of ``micropie.supervisor``).
+
+    Raises ``AppLoadError`` when it names no module, no attribute or nothing callable.
+    """
     module_name, _, attribute = target.partition(":")
     attribute = attribute or "app"
     path = Path(module_name)

@@ -8,10 +8,24 @@ loop, and how it reads an app's lifespan.
 Apps that "decline" lifespan by returning at once from the lifespan call crash hypercorn's trio
 worker; ``StartupWatcher`` turns that return into an exception, which both workers read as
 "no lifespan support" (see ``LifespanNotSupportedError``).
+
+Two defects of hypercorn itself are worked around here:
+
+* Its trio worker can die of a ``BusyResourceError`` when a client closes a WebSocket while the
+  app does (``fix_hypercorn_trio_send_eof``, applied by ``serve`` and by a micropie ``App``'s
+  lifespan startup; docs/hypercorn-trio-send-eof.md has the details and the upstream report).
+* Its asyncio worker ignores ``graceful_timeout`` on Python >= 3.12.1 while a request is
+  still running (``StartupWatcher.cancel_app_calls``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import inspect
+import logging
+import sys
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -28,10 +42,14 @@ __all__ = [
     "StartupWatcher",
     "bound_address",
     "config_class",
+    "fix_hypercorn_trio_send_eof",
+    "fix_loaded_hypercorn",
     "make_config",
     "worker_serve_for_current_backend",
     "wrap",
 ]
+
+logger = logging.getLogger("micropie")
 
 _INSTALL_HINT = "Serving needs hypercorn: pip install micropie[serve]"
 
@@ -56,6 +74,13 @@ class StartupWatcher:
     "Over" means the app sent ``lifespan.startup.complete``, or its lifespan call ended without
     reporting a failure (an app that does not speak lifespan: hypercorn carries on without it).
     After ``lifespan.startup.failed`` hypercorn aborts, so ``ready`` stays unset.
+
+    On asyncio it also remembers the task of every app call still running, so that
+    ``cancel_app_calls()`` can enforce ``graceful_timeout``: hypercorn's asyncio worker awaits
+    ``asyncio.Server.wait_closed()`` before its own ``graceful_timeout`` cancellation, and since
+    Python 3.12.1 that waits for every connection to end (hypercorn issue 308), so a request
+    that never ends would keep the server up for ever. Cancelling the app's call lets hypercorn
+    finish that connection (a 500 if nothing was sent, or the end of the response) and stop.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -64,13 +89,28 @@ class StartupWatcher:
         #: The message of a ``lifespan.shutdown.failed``: hypercorn's asyncio worker raises for
         #: it and its trio worker does not, so ``serve`` raises it itself, alike on both.
         self.shutdown_failure: str | None = None
+        self._app_calls: weakref.WeakSet[asyncio.Task[Any]] | None = None
+        if _current_backend() == "asyncio":
+            self._app_calls = weakref.WeakSet()
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         """The app's own call for a connection: no frame of ours in every request's stack
         (hypercorn is told the app is ASGI, so it need not be a coroutine function)."""
         if scope["type"] != "lifespan":
+            if self._app_calls is not None:
+                # Called synchronously by hypercorn's per-request task: that task is the call.
+                task = asyncio.current_task()
+                if task is not None:
+                    self._app_calls.add(task)
             return self.app(scope, receive, send)
         return self._lifespan(scope, receive, send)
+
+    def cancel_app_calls(self) -> int:
+        """Cancel every app call still running (asyncio only); return how many."""
+        running = [task for task in self._app_calls or () if not task.done()]
+        for task in running:
+            task.cancel()
+        return len(running)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         startup_failed = False
@@ -141,6 +181,7 @@ def worker_serve_for_current_backend() -> Callable[..., Awaitable[None]]:
     if _current_backend() == "trio":
         from hypercorn.trio.run import worker_serve as trio_worker_serve
 
+        fix_hypercorn_trio_send_eof()
         return trio_worker_serve
     from hypercorn.asyncio.run import worker_serve as asyncio_worker_serve
 
@@ -162,3 +203,91 @@ def config_class() -> type[Config]:
     except ImportError as exc:
         raise ImportError(_INSTALL_HINT) from exc
     return Config
+
+
+# --- hypercorn's trio worker: send_eof() racing send_all() --------------------------------------
+
+#: SHA-256 of the source of ``hypercorn.trio.tcp_server.TCPServer._close`` and ``protocol_send``
+#: as the fix below was written for (hypercorn 0.18.0, and earlier releases with the same code).
+#: Other code is left alone: it may have fixed the race, or changed what the fix relies on.
+_TRIO_TCP_SERVER_SOURCES = {
+    "_close": "bc73c4ae25a1ceec1d535639443b57b3d3dea8b03c5375d58bf9702b8056ee15",
+    "protocol_send": "225856426bff7be02990c0badb90f51f801db14ac5db0f3d0c210cafbeb528ab",
+}
+
+
+def fix_hypercorn_trio_send_eof() -> bool:
+    """Stop hypercorn's trio worker from dying when a client closes as the app closes.
+
+    Hypercorn's trio ``TCPServer`` writes to its ``SocketStream`` from several tasks and
+    serialises ``send_all`` with ``send_lock``, but ``_close`` calls ``send_eof()`` without
+    it. When the app closes a WebSocket just as the client's close frame arrives, the app's task
+    is in ``send_eof()`` (which holds trio's "one sender at a time" guard across a checkpoint)
+    while the reading task answers the close frame with ``send_all()``, which raises
+    ``trio.BusyResourceError``. Nothing catches it, and it ends the whole server process.
+
+    The replacement ``_close`` sends the EOF under ``send_lock``: when the lock is free it takes
+    it, so a concurrent ``send_all`` waits and then finds the stream closed (which hypercorn
+    handles); when this task already holds it (``_close`` called from within ``protocol_send``)
+    nobody else can be sending; when another task holds it, that task is sending, so the EOF is
+    skipped and the stream just closed, which is what hypercorn already does when ``send_eof()``
+    finds another sender. Either way the stream is closed as before.
+
+    Applied only to the code it was written for (see ``_TRIO_TCP_SERVER_SOURCES``); idempotent.
+    Returns whether the fix is in place. Imports hypercorn's trio worker: call it where that
+    worker serves (``serve()`` and a micropie ``App`` do it themselves; for another ASGI app
+    under ``hypercorn --worker-class trio``, call it in the app's module).
+    """
+    from hypercorn.trio.tcp_server import TCPServer
+
+    if getattr(TCPServer._close, "_micropie_fix", False):
+        return True
+    for name, expected in _TRIO_TCP_SERVER_SOURCES.items():
+        try:
+            source = inspect.getsource(getattr(TCPServer, name))
+        except (AttributeError, OSError, TypeError):
+            source = ""
+        if hashlib.sha256(source.encode()).hexdigest() != expected:
+            logger.debug(
+                "hypercorn's trio TCPServer.%s is not the code the send_eof fix was written "
+                "for; leaving it alone",
+                name,
+            )
+            return False
+    setattr(TCPServer, "_close", _close_under_send_lock(TCPServer._close))  # noqa: B010
+    return True
+
+
+def _close_under_send_lock(
+    close: Callable[[Any], Awaitable[None]],
+) -> Callable[[Any], Awaitable[None]]:
+    """Hypercorn's trio ``TCPServer._close``, taking ``send_lock`` for its ``send_eof()``."""
+    import trio
+
+    async def _close(server: Any) -> None:
+        lock: trio.Lock = server.send_lock
+        owner = lock.statistics().owner
+        if owner is trio.lowlevel.current_task():
+            await close(server)  # inside protocol_send: no other task can be sending
+        elif owner is not None:
+            await server.stream.aclose()  # another task is sending: no EOF, as hypercorn does
+        else:
+            lock.acquire_nowait()
+            try:
+                await close(server)
+            finally:
+                lock.release()
+
+    _close.__doc__ = close.__doc__
+    _close._micropie_fix = True  # type: ignore[attr-defined]
+    return _close
+
+
+def fix_loaded_hypercorn() -> None:
+    """Apply the fixes above to the hypercorn worker this process runs, if it runs one.
+
+    Called by a micropie ``App`` at lifespan startup, which is how an ``App`` served by plain
+    ``hypercorn --worker-class trio`` gets the fix. Imports nothing that is not loaded yet.
+    """
+    if "hypercorn.trio.tcp_server" in sys.modules and _current_backend() == "trio":
+        fix_hypercorn_trio_send_eof()

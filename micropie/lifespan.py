@@ -25,6 +25,7 @@ import anyio
 import anyio.abc
 
 from .allocator import keep_receive_buffers_off_mmap
+from .hypercorn_glue import fix_loaded_hypercorn
 from .types import Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ class AppLifetime:
         """
         self.stopping = anyio.Event()
         keep_receive_buffers_off_mmap()  # the server is starting: see ``allocator``
+        fix_loaded_hypercorn()  # a hypercorn bug that would end the server: see there
         async with anyio.create_task_group() as task_group, AsyncExitStack() as context:
             self._task_group = task_group
             try:

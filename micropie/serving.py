@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     from hypercorn.config import Config, Sockets
     from hypercorn.typing import AppWrapper
 
-__all__ = ["run", "serve"]
+__all__ = ["run", "serve", "serve_on_sockets"]
 
 logger = logging.getLogger("micropie")
 
@@ -97,7 +97,28 @@ async def serve(
     is the caller's business (``run()`` does it for scripts).
     """
     config = make_config(host, port, config_options)
-    sockets = config.create_sockets()
+    await serve_on_sockets(
+        app,
+        config,
+        config.create_sockets(),
+        task_status=task_status,
+        shutdown_trigger=shutdown_trigger,
+    )
+
+
+async def serve_on_sockets(
+    app: ASGIApp,
+    config: Config,
+    sockets: Sockets,
+    *,
+    task_status: TaskStatus[tuple[str, int]] = anyio.TASK_STATUS_IGNORED,
+    shutdown_trigger: ShutdownTrigger | None = None,
+) -> None:
+    """``serve()`` on sockets bound already, with a complete hypercorn ``Config``.
+
+    For the worker processes of ``micropie.supervisor``, which share the supervisor's sockets.
+    Closes the sockets when it returns.
+    """
     try:
         for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
             sock.listen(config.backlog)
@@ -158,20 +179,32 @@ async def _serve_until_stopped(
 
     This task reports ``started()`` itself (anyio and trio expect the started task to do so)
     and turns its own cancellation into ``stop``; hypercorn's child task then shuts down
-    gracefully and the task group waits for it.
+    gracefully and the task group waits for it. ``graceful_timeout`` after ``stop``, the app
+    calls still running are cancelled (asyncio: see ``StartupWatcher``; hypercorn's trio worker
+    does it itself), so the shutdown ends on time on every Python.
     """
     worker_serve = worker_serve_for_current_backend()
     stop = anyio.Event()
     done = anyio.Event()
     failure: Exception | None = None
 
+    async def enforce_graceful_timeout() -> None:
+        await stop.wait()
+        await anyio.sleep(config.graceful_timeout)
+        cancelled = watcher.cancel_app_calls()
+        if cancelled:
+            logger.info("Cancelled %d requests still running after graceful_timeout", cancelled)
+
     async def run_hypercorn() -> None:
         nonlocal failure
         try:
             with anyio.CancelScope(shield=True):
-                await worker_serve(
-                    hypercorn_app, config, sockets=sockets, shutdown_trigger=stop.wait
-                )
+                async with anyio.create_task_group() as deadline:
+                    deadline.start_soon(enforce_graceful_timeout)
+                    await worker_serve(
+                        hypercorn_app, config, sockets=sockets, shutdown_trigger=stop.wait
+                    )
+                    deadline.cancel_scope.cancel()
         except Exception as exc:
             # Raised below, outside our task group, so that callers see the error itself: not
             # wrapped by our task group, nor by the trio worker's nurseries.

@@ -1,10 +1,17 @@
 """The ``--workers N`` / ``--reload`` supervisor behind ``python -m micropie``.
 
-It spawns N hypercorn worker processes (hypercorn's own ``trio_worker``/``asyncio_worker`` on
-shared, pre-bound sockets, so ``--port 0`` works). SIGINT/SIGTERM ask the workers to shut down
-gracefully; SIGHUP or a changed source file (``--reload``) restarts them. The loop is a small
-copy of ``hypercorn.run.run`` because hypercorn's exits 0 when a worker died, e.g. after failing
-its lifespan startup; ours reports that and exits 1.
+It spawns N worker processes that serve the app with ``micropie.serving`` on shared, pre-bound
+sockets (so ``--port 0`` works), the way a single process does: the same hypercorn worker
+loop, the same fixes and the same ``graceful_timeout``. SIGINT/SIGTERM ask the workers to shut
+down gracefully; SIGHUP or a changed source file (``--reload``) restarts them. The loop is a
+small copy of ``hypercorn.run.run`` because hypercorn's exits 0 when a worker died, e.g. after
+failing its lifespan startup; ours reports that and exits 1.
+
+Only the supervisor handles signals. ``docker stop``, systemd and ``timeout`` signal the whole
+process group, workers included; a worker that died of that signal would read as a failure.
+So workers ignore SIGINT, SIGTERM and SIGHUP and stop when the supervisor tells them to (its
+``shutdown_event``). The signals are blocked while a worker is spawned, so the worker is never
+without that protection and the supervisor loses none of them.
 
 It lives apart from the command line (``micropie.__main__``) because it is a different job:
 the command line parses arguments and serves in its own process, the supervisor owns child
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from functools import partial
 from multiprocessing import get_context
 from multiprocessing.connection import wait
 from multiprocessing.context import SpawnContext
@@ -26,9 +34,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from hypercorn.config import Config, Sockets
-    from hypercorn.typing import WorkerFunc
 
-__all__ = ["EXIT_FAILED", "EXIT_OK", "supervise"]
+__all__ = ["EXIT_FAILED", "EXIT_OK", "serve_worker", "supervise"]
 
 logger = logging.getLogger("micropie")
 
@@ -42,14 +49,41 @@ RELOAD_POLL_SECONDS = 1.0
 WORKER_EXIT_MARGIN_SECONDS = 5.0
 
 
-def _worker_function(worker_class: str) -> WorkerFunc:
-    if worker_class == "trio":
-        from hypercorn.trio.run import trio_worker
+#: The signals the supervisor handles and its workers ignore.
+SUPERVISOR_SIGNALS = frozenset(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
 
-        return trio_worker
-    from hypercorn.asyncio.run import asyncio_worker
 
-    return asyncio_worker
+def serve_worker(config: Config, sockets: Sockets, shutdown_event: Event) -> None:
+    """One worker process: serve ``config.application_path`` until ``shutdown_event`` is set.
+
+    Runs ``micropie.serving.serve_on_sockets`` on ``config.worker_class`` ("trio" or
+    "asyncio"); a failed startup raises, so the process exits non-zero.
+    """
+    for signum in SUPERVISOR_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)  # discards any that arrived while spawning
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISOR_SIGNALS)
+
+    import anyio
+    from hypercorn.utils import check_multiprocess_shutdown_event
+
+    from .__main__ import load_app
+    from .serving import serve_on_sockets
+
+    app = load_app(config.application_path)
+    anyio.run(
+        partial(
+            serve_on_sockets,
+            app,
+            config,
+            sockets,
+            shutdown_trigger=partial(
+                check_multiprocess_shutdown_event, shutdown_event, anyio.sleep
+            ),
+        ),
+        backend=config.worker_class,
+    )
 
 
 def supervise(config: Config) -> int:
@@ -58,7 +92,6 @@ def supervise(config: Config) -> int:
     Returns 0 after a requested shutdown, 1 when a worker exited with a non-zero status (its
     traceback, e.g. hypercorn's ``LifespanFailureError``, is already on stderr).
     """
-    worker = _worker_function(config.worker_class)
     sockets = config.create_sockets()
     context = get_context("spawn")
     shutdown_event = context.Event()
@@ -83,15 +116,18 @@ def supervise(config: Config) -> int:
     failed_code = 0
     try:
         while not stopping and failed_code == 0:
-            # Workers inherit "ignore SIGINT": a Ctrl-C reaches the whole process group, and
-            # only the supervisor decides how to shut down (through shutdown_event).
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            while len(processes) < config.workers:
-                processes.append(_spawn(context, worker, config, sockets, shutdown_event))
             signal.signal(signal.SIGINT, request_stop)
             signal.signal(signal.SIGTERM, request_stop)
             if hasattr(signal, "SIGHUP"):
                 signal.signal(signal.SIGHUP, request_restart)
+            # Workers start with these signals blocked (the mask is inherited) and ignore them
+            # before unblocking; here they stay pending until the workers are spawned.
+            signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISOR_SIGNALS)
+            try:
+                while len(processes) < config.workers:
+                    processes.append(_spawn(context, config, sockets, shutdown_event))
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISOR_SIGNALS)
             if config.use_reloader and watched is None:
                 watched = _files_to_watch()  # one snapshot per generation of workers
 
@@ -120,13 +156,12 @@ def supervise(config: Config) -> int:
 
 def _spawn(
     context: SpawnContext,
-    worker: WorkerFunc,
     config: Config,
     sockets: Sockets,
     shutdown_event: Event,
 ) -> BaseProcess:
     process = context.Process(
-        target=worker,
+        target=serve_worker,
         kwargs={"config": config, "sockets": sockets, "shutdown_event": shutdown_event},
     )
     process.daemon = config.daemon
@@ -156,8 +191,9 @@ def _stop_all(processes: list[BaseProcess], shutdown_event: Event, config: Confi
     for process in processes:
         process.join(timeout=bound)
         if process.exitcode is None:
-            logger.warning("Worker %s did not stop in %.0f s; terminating it", process.pid, bound)
-            process.terminate()
+            # SIGKILL: workers ignore SIGTERM (see the module docstring).
+            logger.warning("Worker %s did not stop in %.0f s; killing it", process.pid, bound)
+            process.kill()
             process.join()
     stopped = list(processes)
     processes.clear()

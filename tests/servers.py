@@ -106,6 +106,25 @@ class CliServer:
             server.wait_until_serving()
         return server
 
+    @classmethod
+    def start_hypercorn(
+        cls, target: str, *extra_args: str, worker_class: str = "trio"
+    ) -> CliServer:
+        """Start plain ``hypercorn TARGET`` on 127.0.0.1, port 0, and wait until it accepts."""
+        server = cls(
+            spawn_module(
+                "hypercorn",
+                target,
+                "--worker-class",
+                worker_class,
+                "--bind",
+                "127.0.0.1:0",
+                *extra_args,
+            )
+        )
+        server.wait_until_serving()
+        return server
+
     @property
     def output(self) -> str:
         """Everything the process wrote to stdout and stderr so far."""
@@ -212,9 +231,15 @@ class CliServer:
 
 def spawn_cli(*args: str) -> subprocess.Popen[str]:
     """Start ``python -m micropie *args`` from the project root, output merged into stdout."""
+    return spawn_module("micropie", *args)
+
+
+def spawn_module(module: str, *args: str) -> subprocess.Popen[str]:
+    """Start ``python -m MODULE *args`` from the project root in its own session (process
+    group), output merged into stdout."""
     environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "micropie", *args],
+        [sys.executable, "-m", module, *args],
         cwd=ROOT,
         env=environment,
         stdout=subprocess.PIPE,
