@@ -1,9 +1,9 @@
 """What ``micropie.serving`` needs from hypercorn, in one place.
 
 ``serving`` says *how* a server runs under structured concurrency; this module knows hypercorn:
-its lazy import (hypercorn is an optional dependency, ``pip install micropie[serve]``), its
-``Config`` and bind rules, its app wrapper, which of its worker loops fits the running event
-loop, and how it reads an app's lifespan.
+its lazy import (hypercorn is an optional dependency,
+``pip install 'micropie-anyio[serve]'``), its ``Config`` and bind rules, its app wrapper, which
+of its worker loops fits the running event loop, and how it reads an app's lifespan.
 
 Apps that "decline" lifespan by returning at once from the lifespan call crash hypercorn's trio
 worker; ``StartupWatcher`` turns that return into an exception, which both workers read as
@@ -51,7 +51,7 @@ __all__ = [
 
 logger = logging.getLogger("micropie")
 
-_INSTALL_HINT = "Serving needs hypercorn: pip install micropie[serve]"
+_INSTALL_HINT = "Serving needs hypercorn: pip install 'micropie-anyio[serve]'"
 
 # Hypercorn options that `host`/`port` own: a second way to bind would make the address that
 # `started()` reports ambiguous.

@@ -32,8 +32,9 @@ Apps that "decline" lifespan by returning at once from the lifespan call crash h
 worker; ``StartupWatcher`` turns that return into an exception, which both workers read as
 "no lifespan support" (see ``micropie.hypercorn_glue``).
 
-Hypercorn is an optional dependency (``pip install micropie[serve]``) and is imported lazily;
-``micropie.hypercorn_glue`` adapts its API (config, bound address, app wrapper, worker loop).
+Hypercorn is an optional dependency (``pip install 'micropie-anyio[serve]'``) and is imported
+lazily; ``micropie.hypercorn_glue`` adapts its API (config, bound address, app wrapper, worker
+loop).
 """
 
 from __future__ import annotations

@@ -62,7 +62,9 @@ def redis_client(url: str, **options: Any) -> coredis.Redis[str]:
     try:
         import coredis
     except ImportError as error:  # pragma: no cover - depends on the environment
-        raise RuntimeError("Redis support needs coredis: pip install 'micropie[redis]'") from error
+        raise RuntimeError(
+            "Redis support needs coredis: pip install 'micropie-anyio[redis]'"
+        ) from error
     client: coredis.Redis[str] = coredis.Redis.from_url(url, decode_responses=True, **options)
     pool = client.connection_pool
     pool.connection_class = _closing_connection_class(pool.connection_class)
