@@ -22,7 +22,7 @@ from ..sessions import (
     validate_session_id,
 )
 from ..types import Message, Receive, Scope, Send
-from ._errors import ConnectionClosed, ConnectionNotOpen, close_message
+from ._errors import ConnectionClosed, ConnectionNotOpen, check_close_code, close_message
 from ._messages import (
     _as_bytes,
     _as_text,
@@ -387,10 +387,15 @@ class WebSocket:
     async def close(self, code: int = 1000, reason: str | None = None) -> None:
         """Close the connection with ``code`` and ``reason``.
 
-        Does nothing if the connection is not open (MicroPie's rule). After it, sends raise
-        ``RuntimeError``; ``receive_*`` returns what the client sent before it saw the close,
-        then raises ``ConnectionClosed``.
+        Does nothing if the connection is not open (MicroPie's rule). ``ValueError``, before
+        anything is sent, for a code a server may not send (RFC 6455 §7.4: 1000-1003,
+        1007-1014 and 3000-4999 are the ones it may; wsproto-based clients such as
+        trio-websocket still refuse 1014, registered after the RFC).
+
+        After it, sends raise ``RuntimeError``; ``receive_*`` returns what the client sent
+        before it saw the close, then raises ``ConnectionClosed``.
         """
+        check_close_code(code)
         await take_send_turn(self)
         try:
             if self._state is not _OPEN:
