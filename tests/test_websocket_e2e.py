@@ -21,6 +21,7 @@ from ws_clients import Closed, ws_connect
 
 from examples.websockets.app import MyApp
 from micropie import App, ConnectionClosed, WebSocket, WebSocketMiddleware
+from micropie.websocket import DISCONNECT_GRACE
 
 pytestmark = pytest.mark.anyio
 
@@ -244,3 +245,72 @@ async def test_server_shutdown_closes_open_connections_with_1001(anyio_backend: 
             clients.start_soon(hold_connection, url)
             await connected.wait()
     assert codes == [1001]
+
+
+class Lingering(App):
+    """A handler that only sleeps and one that only pushes: both outlive a shutdown unless
+    the framework ends them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: dict[str, tuple[str, float]] = {}
+
+    async def ws_sleep(self, ws: WebSocket) -> None:
+        await ws.accept()
+        await ws.send_text("ready")
+        try:
+            await anyio.sleep(30)
+        except anyio.get_cancelled_exc_class():
+            self.events["sleep"] = ("cancelled", anyio.current_time())
+            raise
+
+    async def ws_push(self, ws: WebSocket) -> None:
+        await ws.accept()
+        try:
+            for _ in range(3000):  # 30 s at most
+                await ws.send_text("tick")
+                await anyio.sleep(0.01)
+        except ConnectionClosed as exc:
+            self.events["push"] = (f"ConnectionClosed {exc.code}", anyio.current_time())
+            raise
+
+
+async def test_shutdown_sends_1001_then_cancels_a_sleeping_and_a_pushing_handler(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``begin_shutdown`` (``app.serve()`` calls it when its scope is cancelled): 1001 at once,
+    the sleeping handler cancelled ``DISCONNECT_GRACE`` later, the push loop ended by
+    ``ConnectionClosed``; all well before hypercorn's own ``graceful_timeout``; no ERROR log."""
+    app = Lingering()
+    ready = [anyio.Event(), anyio.Event()]
+    codes: dict[str, int | None] = {}
+
+    async def hold(url: str, path: str, ready: anyio.Event) -> None:
+        async with ws_connect(f"{url}/{path}", anyio_backend) as ws:
+            await ws.recv()
+            ready.set()
+            for _ in range(5000):  # the pushes, then the close
+                try:
+                    await ws.recv()
+                except Closed as closed:
+                    codes[path] = closed.code
+                    break
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as clients:
+            async with running_server(app, graceful_timeout=5) as url:
+                clients.start_soon(hold, url, "sleep", ready[0])
+                clients.start_soon(hold, url, "push", ready[1])
+                for event in ready:
+                    await event.wait()
+                began = anyio.current_time()
+            stopped = anyio.current_time()
+    assert codes == {"sleep": 1001, "push": 1001}
+    outcome, cancelled_at = app.events["sleep"]
+    assert outcome == "cancelled"
+    assert DISCONNECT_GRACE - 0.05 <= cancelled_at - began < DISCONNECT_GRACE + 1
+    outcome, ended_at = app.events["push"]
+    assert outcome == "ConnectionClosed 1001"
+    assert ended_at - began < DISCONNECT_GRACE
+    assert stopped - began < 3  # not hypercorn's 5 s graceful timeout
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
