@@ -102,8 +102,16 @@ class WebSocketConnection:
         """The handler's awaitable, already called; ``None`` when there is nothing to await
         (the handshake was refused, or the handler is a plain function)."""
         ws = self._ws
-        if (await ws._receive()).get("type") == "websocket.disconnect":
-            return None  # the client left during the handshake
+        kind = (await ws._receive()).get("type")
+        if kind != "websocket.connect":
+            if kind != "websocket.disconnect":  # the client left during the handshake, or:
+                logger.warning(
+                    "WebSocket %s: the server sent %r instead of websocket.connect; refused",
+                    ws.request.path,
+                    kind,
+                )
+                await ws._send(close_message(*INTERNAL_ERROR))
+            return None
         self._token = current_request.set(ws.request)
         try:
             call = await self._handshake()

@@ -511,6 +511,67 @@ async def test_misuse_raises_runtime_errors_without_hanging() -> None:
     assert errors == [not_accepted] * 3 + ["WebSocket connection already accepted", not_accepted]
 
 
+INVALID_CLOSE_CODES = [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535, True, "1000", None]
+VALID_CLOSE_CODES = [1000, 1001, 1003, 1007, 1011, 1014, 3000, 4999]
+
+
+async def test_a_close_code_a_server_may_not_send_raises_before_anything_is_sent() -> None:
+    refused: list[tuple[object, bool]] = []
+
+    class BadCodes(App):
+        async def ws_bad(self, ws: WebSocket) -> None:
+            await ws.accept()
+            for code in INVALID_CLOSE_CODES:
+                for attempt in (
+                    ws.close(code),  # type: ignore[arg-type]
+                    ws.send({"type": "websocket.close", "code": code}),
+                ):
+                    try:
+                        await attempt
+                    except ValueError as exc:
+                        refused.append((code, str(exc).startswith("Invalid WebSocket close code")))
+            assert ws.accepted  # still open: nothing happened
+            await ws.send_text("still open")
+            await ws.close(4000, "fine")
+
+    async with connect(BadCodes(session_cookie_secure=False), "/bad") as peer:
+        messages = await peer.receive_all()
+    assert messages[0]["type"] == "websocket.accept"
+    assert messages[1:] == [text("still open"), close(4000, "fine")]
+    assert refused == [(code, True) for code in INVALID_CLOSE_CODES for _ in range(2)]
+
+
+@pytest.mark.parametrize("code", VALID_CLOSE_CODES)
+async def test_every_close_code_a_server_may_send_reaches_the_client(code: int) -> None:
+    class Closes(App):
+        async def ws_close(self, ws: WebSocket) -> None:
+            await ws.accept()
+            await ws.close(code, "why")
+
+    async with connect(Closes(session_cookie_secure=False), "/close") as peer:
+        messages = await peer.receive_all()
+    assert [m["type"] for m in messages] == ["websocket.accept", "websocket.close"]
+    assert messages[1] == close(code, "why")
+
+
+async def test_an_invalid_close_code_is_an_error_even_when_the_connection_is_not_open() -> None:
+    """The code is checked first: a bug shows itself before accept too, not only on the wire."""
+    outcome: list[str] = []
+
+    class Early(App):
+        async def ws_early(self, ws: WebSocket) -> None:
+            try:
+                await ws.close(5000)
+            except ValueError:
+                outcome.append("ValueError")
+            await ws.close(1000)  # a no-op before accept (MicroPie's rule)
+            outcome.append("no-op")
+
+    async with connect(Early(session_cookie_secure=False), "/early") as peer:
+        assert await peer.receive_all() == [close(1000, "")]  # the rejection after the handler
+    assert outcome == ["ValueError", "no-op"]
+
+
 # --- how connections end --------------------------------------------------------------------
 
 

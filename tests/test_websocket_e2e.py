@@ -8,6 +8,7 @@ close before accept into an HTTP 403; the tests assert only what a client can re
 
 from __future__ import annotations
 
+import logging
 import socket
 import struct
 from typing import Any
@@ -20,6 +21,7 @@ from ws_clients import Closed, ws_connect
 
 from examples.websockets.app import MyApp
 from micropie import App, ConnectionClosed, WebSocket, WebSocketMiddleware
+from micropie.websocket import DISCONNECT_GRACE
 
 pytestmark = pytest.mark.anyio
 
@@ -67,6 +69,50 @@ async def test_close_codes_for_returning_and_failing_handlers(
                 await ws.recv()
             assert (closed.value.code, closed.value.reason) == (1011, "Internal server error")
     assert any("secret detail" in r.getMessage() or r.exc_info for r in caplog.records)
+
+
+class CloseCodes(App):
+    async def ws_code(self, ws: WebSocket, code: str) -> None:
+        """Try to close with ``code``; report a refusal and close with 4000 instead."""
+        await ws.accept()
+        try:
+            await ws.close(int(code))
+        except ValueError as exc:
+            await ws.send_text(f"ValueError: {exc}")
+            await ws.close(4000, "instead")
+
+    async def ws_uncaught(self, ws: WebSocket) -> None:
+        await ws.accept()
+        await ws.close(5000)
+
+
+async def test_an_invalid_close_code_never_reaches_the_client(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running_server(CloseCodes()) as url:
+        for code in ["999", "1005", "1006", "1015", "2999", "5000"]:
+            async with ws_connect(f"{url}/code/{code}", anyio_backend) as ws:
+                assert str(await ws.recv()).startswith(
+                    f"ValueError: Invalid WebSocket close code {code}"
+                )
+                with pytest.raises(Closed) as closed:
+                    await ws.recv()
+                assert (closed.value.code, closed.value.reason) == (4000, "instead")
+        # 1014 (Bad Gateway, registered after RFC 6455) is valid, and browsers and websockets
+        # accept it; wsproto, under trio-websocket, still fails the connection on it.
+        valid = ["1000", "1013", "3000", "4999"] + (["1014"] if anyio_backend == "asyncio" else [])
+        for code in valid:
+            async with ws_connect(f"{url}/code/{code}", anyio_backend) as ws:
+                with pytest.raises(Closed) as closed:
+                    await ws.recv()
+                assert closed.value.code == int(code)
+        async with ws_connect(f"{url}/uncaught", anyio_backend) as ws:
+            with pytest.raises(Closed) as closed:
+                await ws.recv()
+            assert (closed.value.code, closed.value.reason) == (1011, "Internal server error")
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1  # the uncaught ValueError, once
+    assert isinstance(errors[0].exc_info and errors[0].exc_info[1], ValueError)
 
 
 async def test_refusals_are_rejected_handshakes_and_the_server_keeps_serving(
@@ -199,3 +245,72 @@ async def test_server_shutdown_closes_open_connections_with_1001(anyio_backend: 
             clients.start_soon(hold_connection, url)
             await connected.wait()
     assert codes == [1001]
+
+
+class Lingering(App):
+    """A handler that only sleeps and one that only pushes: both outlive a shutdown unless
+    the framework ends them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: dict[str, tuple[str, float]] = {}
+
+    async def ws_sleep(self, ws: WebSocket) -> None:
+        await ws.accept()
+        await ws.send_text("ready")
+        try:
+            await anyio.sleep(30)
+        except anyio.get_cancelled_exc_class():
+            self.events["sleep"] = ("cancelled", anyio.current_time())
+            raise
+
+    async def ws_push(self, ws: WebSocket) -> None:
+        await ws.accept()
+        try:
+            for _ in range(3000):  # 30 s at most
+                await ws.send_text("tick")
+                await anyio.sleep(0.01)
+        except ConnectionClosed as exc:
+            self.events["push"] = (f"ConnectionClosed {exc.code}", anyio.current_time())
+            raise
+
+
+async def test_shutdown_sends_1001_then_cancels_a_sleeping_and_a_pushing_handler(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``begin_shutdown`` (``app.serve()`` calls it when its scope is cancelled): 1001 at once,
+    the sleeping handler cancelled ``DISCONNECT_GRACE`` later, the push loop ended by
+    ``ConnectionClosed``; all well before hypercorn's own ``graceful_timeout``; no ERROR log."""
+    app = Lingering()
+    ready = [anyio.Event(), anyio.Event()]
+    codes: dict[str, int | None] = {}
+
+    async def hold(url: str, path: str, ready: anyio.Event) -> None:
+        async with ws_connect(f"{url}/{path}", anyio_backend) as ws:
+            await ws.recv()
+            ready.set()
+            for _ in range(5000):  # the pushes, then the close
+                try:
+                    await ws.recv()
+                except Closed as closed:
+                    codes[path] = closed.code
+                    break
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as clients:
+            async with running_server(app, graceful_timeout=5) as url:
+                clients.start_soon(hold, url, "sleep", ready[0])
+                clients.start_soon(hold, url, "push", ready[1])
+                for event in ready:
+                    await event.wait()
+                began = anyio.current_time()
+            stopped = anyio.current_time()
+    assert codes == {"sleep": 1001, "push": 1001}
+    outcome, cancelled_at = app.events["sleep"]
+    assert outcome == "cancelled"
+    assert DISCONNECT_GRACE - 0.05 <= cancelled_at - began < DISCONNECT_GRACE + 1
+    outcome, ended_at = app.events["push"]
+    assert outcome == "ConnectionClosed 1001"
+    assert ended_at - began < DISCONNECT_GRACE
+    assert stopped - began < 3  # not hypercorn's 5 s graceful timeout
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

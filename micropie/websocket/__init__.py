@@ -18,14 +18,18 @@ close: the handler's own cancel scope, and nothing else per connection.
   (after the messages that arrived before it), every send raises it at once, and
   ``DISCONNECT_GRACE`` seconds later the handler is cancelled if it is still running (it was
   blocked elsewhere: a push loop, a sleep, a queue): a deadline on its scope, not a task. A
-  handler that closed the connection itself is trusted to finish on its own.
+  handler that closed the connection itself is trusted to finish on its own (until shutdown).
+* Once the connection is closed, by anyone, nothing calls ``receive()`` again, and a message
+  type the server must not send ends the connection (1011): a ``receive()`` that answers at
+  once (a test double, a buggy server) can never make a loop of ours spin.
 * The connection's tasks (``ws.start_soon``, the pump, the 1001 at shutdown) run in the app's
   task group (the sweeper's), each in a cancel scope the connection holds
   (``connection_tasks.ConnectionTasks``): when the handler ends they are cancelled and awaited,
   so none outlives the connection, and a connection that starts none pays for no task group.
   Without lifespan the connection opens a task group of its own for them.
 * Graceful shutdown (``App.begin_shutdown``, called by ``app.serve()`` and the CLI) closes
-  every open connection with 1001 at once and cancels its handler ``DISCONNECT_GRACE`` later;
+  every open connection with 1001 at once (its sends and receives raise ``ConnectionClosed``)
+  and cancels its handler ``DISCONNECT_GRACE`` later;
   a cancellation from outside (plain hypercorn, when its graceful timeout ends) closes it with
   1001 from a shielded, time-bounded scope, then propagates.
 

@@ -43,6 +43,24 @@ class Refused(Exception):
         self.reason = reason
 
 
+def check_close_code(code: object) -> None:
+    """``ValueError`` unless a server may send ``code`` in a close frame (RFC 6455 §7.4).
+
+    1000-1003 and 1007-1014 are the protocol's own codes an endpoint may send (1004 is
+    reserved; 1005, 1006 and 1015 only report what happened, they never go on the wire),
+    3000-3999 are registered for libraries and 4000-4999 are private. Anything else makes
+    the client fail the connection with a protocol error instead of reading the close, so it
+    is refused before anything is sent.
+    """
+    if type(code) is not int or not (
+        1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+    ):
+        raise ValueError(
+            f"Invalid WebSocket close code {code!r}: a server may send 1000-1003, "
+            "1007-1014 or 3000-4999"
+        )
+
+
 def close_message(code: int, reason: str) -> Message:
     return {"type": "websocket.close", "code": code, "reason": reason}
 

@@ -15,8 +15,8 @@ import anyio.abc
 
 from ..concurrency import collapse_excgroups
 from ._errors import _GOING_AWAY, INTERNAL_ERROR, close_message
-from ._pump import end_soon, start_pump
-from ._state import _CLOSED, connection_tasks
+from ._pump import cancel_after_grace, start_pump
+from ._state import connection_tasks
 
 if TYPE_CHECKING:
     from ..disconnect import DisconnectSweeper
@@ -124,27 +124,31 @@ def going_away_soon(ws: WebSocket) -> None:
 
 async def _leave(ws: WebSocket) -> None:
     await going_away(ws)
-    end_soon(ws)
+    # Every handler, even one that had closed the connection itself: the server is going.
+    cancel_after_grace(ws)
 
 
 async def finish(ws: WebSocket, failed: bool) -> None:
     """Close the connection if the handler left it open (1000, or 1011 after an error)."""
-    if ws._close_info is not None or ws._closed_by_handler:
-        return
     code, reason = INTERNAL_ERROR if failed else (1000, "")
     await _close_quietly(ws, code, reason)
 
 
 async def going_away(ws: WebSocket) -> None:
-    """Server shutdown: close with 1001, shielded and bounded, whatever the state."""
+    """Server shutdown: close with 1001 unless the connection is over, shielded and bounded.
+
+    The handler then sees ``ConnectionClosed(1001)`` from its sends and receives, not the
+    ``RuntimeError`` of a connection it closed itself.
+    """
     with anyio.move_on_after(SHUTDOWN_CLOSE_TIMEOUT, shield=True):
-        if ws._close_info is None and not ws._closed_by_handler:
-            await _close_quietly(ws, *_GOING_AWAY)
+        await _close_quietly(ws, *_GOING_AWAY)
 
 
 async def _close_quietly(ws: WebSocket, code: int, reason: str) -> None:
-    ws._state = _CLOSED
-    ws._closed_by_handler = True
+    """Send close ``code`` unless the connection is over already; a failed send is the
+    client gone, nothing to report."""
+    if not ws._closing_for_framework(code, reason):
+        return
     try:
         await ws._send(close_message(code, reason))
     except Exception:

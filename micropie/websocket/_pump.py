@@ -16,9 +16,9 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..types import Message
-from ._errors import _TOO_BIG, close_message
+from ._errors import _TOO_BIG, INTERNAL_ERROR, close_message
 from ._messages import _receive_failed, _too_big
-from ._state import _OPEN, connection_tasks, end_send_turn, take_send_turn
+from ._state import connection_tasks, end_send_turn, take_send_turn
 
 if TYPE_CHECKING:
     from ._socket import WebSocket
@@ -67,25 +67,32 @@ async def _pump(ws: WebSocket, inbox: MemoryObjectSendStream[Message]) -> None:
     """Own ``receive()`` for a handler that does not read: feed its inbox, notice the
     client leaving, and cancel the handler ``DISCONNECT_GRACE`` after that."""
     with inbox:
+        # Not one ``receive()`` once the connection is over, the app's own close included: a
+        # server (or a test double) that answers at once would make this loop spin.
         while ws._close_info is None:
             try:
                 message = await ws._receive()
             except Exception:
                 message = _receive_failed()
-            if message.get("type") == "websocket.receive" and not _too_big(
+            if message.get("type") != "websocket.receive" or _too_big(
                 message, ws._max_message_size
             ):
-                await inbox.send(message)
-            else:
-                await reject(ws, message)
+                await reject(ws, message)  # ends the connection
+                return
+            await inbox.send(message)  # a checkpoint, whatever ``receive()`` did
 
 
 async def next_from_pump(
     ws: WebSocket, inbox: MemoryObjectReceiveStream[Message], iterating: bool
 ) -> Message:
+    """The next message the pump read; once the connection is over, only those it already
+    read (the pump may still wait in a ``receive()`` that will never give more)."""
     try:
-        message = await inbox.receive()
-    except (anyio.EndOfStream, anyio.ClosedResourceError):
+        if ws._close_info is None:
+            message = await inbox.receive()
+        else:
+            message = inbox.receive_nowait()
+    except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
         if iterating:
             raise StopAsyncIteration from None
         raise ws._connection_closed() from None
@@ -95,38 +102,52 @@ async def next_from_pump(
 
 
 async def reject(ws: WebSocket, message: Message) -> None:
-    """A message that is not for the handler: a disconnect, one too big, or another type."""
+    """A message that is not for the handler ends the connection: a disconnect, one too big,
+    or a type a server must not send now (a second ``websocket.connect``, a typo): a protocol
+    error, closed with 1011 so that the client is not left waiting, and logged once."""
     kind = message.get("type")
-    if kind == "websocket.receive":
-        await _refuse_oversized(ws)
-        end_soon(ws)
-    elif kind == "websocket.disconnect":
+    if kind == "websocket.disconnect":
         ws._client_left(message.get("code", 1005), message.get("reason") or "")
-        end_soon(ws)
+    elif kind == "websocket.receive":
+        await _close_with(ws, *_TOO_BIG)
+    else:
+        logger.warning(
+            "WebSocket %s: the server sent an unexpected ASGI message %r; closing with 1011",
+            ws.request.path,
+            kind,
+        )
+        await _close_with(ws, *INTERNAL_ERROR)
+    end_soon(ws)
 
 
-async def _refuse_oversized(ws: WebSocket) -> bool:
-    """Close with 1009 if the connection is open; return whether it was."""
+async def _close_with(ws: WebSocket, code: int, reason: str) -> None:
+    """Close with ``code`` unless the connection is over already; in its send turn, so that
+    the close comes after a send in progress."""
     await take_send_turn(ws)
     try:
-        if ws._state is not _OPEN:
-            return False
-        ws._client_left(*_TOO_BIG)
-        try:
-            await ws._send(close_message(*_TOO_BIG))
-        except OSError:
-            logger.debug("Could not send close 1009", exc_info=True)
+        if ws._closing_for_framework(code, reason):
+            try:
+                await ws._send(close_message(code, reason))
+            except OSError:
+                logger.debug("Could not send close %s", code, exc_info=True)
     finally:
         end_send_turn(ws)
-    return True
 
 
 def end_soon(ws: WebSocket) -> None:
     """The connection is over: the handler gets ``DISCONNECT_GRACE`` to notice and finish
     (a handler blocked elsewhere, or one that ignores ``ConnectionClosed``, is cancelled).
+    A handler that closed the connection itself is trusted to finish on its own.
+    """
+    if not ws._closed_by_handler:
+        cancel_after_grace(ws)
+
+
+def cancel_after_grace(ws: WebSocket) -> None:
+    """Cancel the handler ``DISCONNECT_GRACE`` from now if it is still running.
 
     A deadline on the handler's scope rather than a task that sleeps: nothing to start.
     """
     scope = ws._handler_scope
-    if scope is not None and not ws._closed_by_handler:
+    if scope is not None:
         scope.deadline = min(scope.deadline, anyio.current_time() + DISCONNECT_GRACE)

@@ -22,7 +22,7 @@ from ..sessions import (
     validate_session_id,
 )
 from ..types import Message, Receive, Scope, Send
-from ._errors import ConnectionClosed, ConnectionNotOpen, close_message
+from ._errors import ConnectionClosed, ConnectionNotOpen, check_close_code, close_message
 from ._messages import (
     _as_bytes,
     _as_text,
@@ -112,7 +112,7 @@ class WebSocket:
         self._state = _CONNECTING
         self._connect_pending = True  # WebSocketConnection reads websocket.connect itself
         self._closed_by_handler = False
-        self._close_info: tuple[int, str] | None = None  # set when the client is gone
+        self._close_info: tuple[int, str] | None = None  # why it is over, once it is
         self._sending = False  # a send is in progress (see _state.take_send_turn)
         self._send_waiters: anyio.Event | None = None
         self._send_direct = False  # set by accept (see _send_message)
@@ -142,10 +142,28 @@ class WebSocket:
         code, reason = self._close_info or (1006, "")
         return ConnectionClosed(code, reason)
 
+    # Every way the connection ends is one of the three transitions below (``close()``, the
+    # handler's own, is the third): each sets ``_close_info`` with ``_state = _CLOSED``, so
+    # ``_close_info is not None`` means "over" and nothing reads ``receive()`` after it.
+
     def _client_left(self, code: int, reason: str) -> None:
+        """The client is gone (or the server says so): ``code``/``reason`` unless the
+        connection was already over for another reason."""
         if self._close_info is None:
             self._close_info = (code, reason)
         self._state = _CLOSED
+
+    def _closing_for_framework(self, code: int, reason: str) -> bool:
+        """The framework closes the connection (after the handler, at shutdown, on a protocol
+        error): ``True`` if the caller should now send the close, ``False`` if the connection
+        is over already. Not the handler's own close: sends after it raise
+        ``ConnectionClosed``, and ``_pump.end_soon`` still cancels a handler that lingers.
+        """
+        if self._close_info is not None:
+            return False
+        self._close_info = (code, reason)
+        self._state = _CLOSED
+        return True
 
     # --- handshake -------------------------------------------------------------------------
 
@@ -160,10 +178,10 @@ class WebSocket:
         """
         if self._state is _OPEN:
             raise RuntimeError("WebSocket connection already accepted")
-        if self._close_info is not None:
-            raise self._connection_closed()
         if self._state is _CLOSED:
-            raise RuntimeError("WebSocket connection is closed")
+            if self._closed_by_handler:
+                raise RuntimeError("WebSocket connection is closed")
+            raise self._connection_closed()
         if self._connect_pending:
             message = await self._receive()
             if message["type"] != "websocket.connect":
@@ -245,6 +263,9 @@ class WebSocket:
                     if text is not None and convert is not _as_bytes:
                         return text  # type: ignore[no-any-return]  # what _payload, _as_text give
                     return convert(message)
+            # Anything else ends the connection (a disconnect, a message over the limit, a
+            # type the server must not send), so the loop goes round at most once more and
+            # then raises: never a second ``receive()`` for one that returned at once.
             await reject(self, message)
 
     def receive(self) -> Coroutine[Any, Any, str | bytes]:
@@ -387,16 +408,23 @@ class WebSocket:
     async def close(self, code: int = 1000, reason: str | None = None) -> None:
         """Close the connection with ``code`` and ``reason``.
 
-        Does nothing if the connection is not open (MicroPie's rule). After it, sends raise
-        ``RuntimeError``; ``receive_*`` returns what the client sent before it saw the close,
-        then raises ``ConnectionClosed``.
+        Does nothing if the connection is not open (MicroPie's rule). ``ValueError``, before
+        anything is sent, for a code a server may not send (RFC 6455 §7.4: 1000-1003,
+        1007-1014 and 3000-4999 are the ones it may; wsproto-based clients such as
+        trio-websocket still refuse 1014, registered after the RFC).
+
+        After it, sends raise ``RuntimeError`` and nothing is read from the server any more:
+        ``receive_*`` returns what was read ahead before the close, then raises
+        ``ConnectionClosed`` with this code.
         """
+        check_close_code(code)
         await take_send_turn(self)
         try:
             if self._state is not _OPEN:
                 return
             self._state = _CLOSED
             self._closed_by_handler = True
+            self._close_info = (code, reason or "")
             await self._send_or_closed(close_message(code, reason or ""))
         finally:
             end_send_turn(self)
