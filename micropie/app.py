@@ -48,7 +48,7 @@ from .sessions import (
     save_session,
     validate_session_id,
 )
-from .streaming import send_stream
+from .streaming import answer_head, send_stream
 from .subapps import hand_over
 from .types import Receive, Scope, Send
 from .websocket_dispatch import WebSocketConnection
@@ -362,6 +362,9 @@ class App:
         headers: list[Any],
     ) -> None:
         if is_stream(body):
+            if request.method == "HEAD":  # headers now; an endless stream must not hold it
+                await answer_head(send, status, encode_headers(headers), body)
+                return
             await send_stream(
                 send,
                 receive,

@@ -9,6 +9,9 @@ stalls the event loop.
 
 A body that raises mid-stream is logged once and the response is left unfinished (no final
 empty chunk), so the client sees a broken stream rather than a clean but truncated end.
+
+A ``HEAD`` request gets the stream's status and headers at once and no body: the body is closed
+without being advanced (``answer_head``), so an endless event stream costs a HEAD nothing.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from .concurrency import collapse_excgroups
 from .disconnect import watch_for_disconnect
 from .types import RawHeaders, Receive, Send
 
-__all__ = ["CLOSE_GRACE", "iterate", "send_stream"]
+__all__ = ["CLOSE_GRACE", "answer_head", "iterate", "send_stream"]
 
 logger = logging.getLogger("micropie")
 
@@ -157,3 +160,17 @@ async def send_stream(
             finally:
                 await _close(body)
                 task_group.cancel_scope.cancel()
+
+
+async def answer_head(send: Send, status: int, headers: RawHeaders, body: Any) -> None:
+    """Answer ``HEAD`` for a streamed body: its status and headers, no body, the body closed.
+
+    The body is never advanced: what a generator would yield is no part of a ``HEAD`` answer,
+    and an endless one would hold the connection forever. It is closed all the same, so a
+    generator that the handler already started runs its ``finally`` now.
+    """
+    try:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    finally:
+        await _close(body)
