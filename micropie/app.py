@@ -21,7 +21,7 @@ import anyio.to_thread
 
 from . import bodies, redirects, routing, templates
 from .disconnect import ConnectionScope, DisconnectSweeper
-from .errors import ClientDisconnected, HTTPError, MultipartFileError
+from .errors import ClientDisconnected, HTTPError, MultipartFileError, is_send_failure
 from .lifespan import AppLifetime
 from .middleware import HttpMiddleware, WebSocketMiddleware
 from .multipart import MultipartForm, open_form
@@ -50,7 +50,7 @@ from .sessions import (
 )
 from .streaming import answer_head, send_stream
 from .subapps import hand_over
-from .types import Receive, Scope, Send
+from .types import Message, Receive, Scope, Send
 from .websocket_dispatch import WebSocketConnection
 
 __all__ = ["DEFAULT_MAX_BODY_SIZE", "DEFAULT_MAX_FORM_FIELD_SIZE", "App"]
@@ -184,6 +184,9 @@ class App:
             await self._lifetime.run(scope, receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer one request. A response starts at most once: every answer is sent outside the
+        ``try`` whose ``except Exception`` answers 500, and a ``send()`` that fails means the
+        client is gone (logged at DEBUG), never a reason to send anything more."""
         request = Request(scope)
         token = current_request.set(request)
         try:
@@ -194,18 +197,9 @@ class App:
                     if connection.reading and connection.form is None:
                         await self._read_body(request, receive, connection, str(media_type))
                     status, body, headers = await self._run_user_code(request, connection.form)
-                if connection.timed_out:
-                    await send_plain(send, *error_response(408, _BODY_TIMEOUT))
-                    return
-                if connection.client_left:
-                    return
-                if request.__dict__.get("_subapp") is not None:
-                    await hand_over(self, request, session, receive, send)
-                    return
-                if request.session or session is not None:
-                    cookie = await save_session(self, request, session)
-                    if cookie is not None:
-                        headers.append(("Set-Cookie", cookie))
+                handed_over = request.__dict__.get("_subapp") is not None
+                if not (connection.timed_out or connection.client_left or handed_over):
+                    await self._save_session(request, session, headers)
             except _Answered as answered:
                 await send_plain(send, *answered.response)
                 return
@@ -218,7 +212,18 @@ class App:
                 logger.exception("Unhandled exception while handling %s", request.path)
                 await send_plain(send, *error_response(500, "500 Internal Server Error"))
                 return
-            await self._respond(request, receive, send, status, body, headers)
+            if connection.timed_out:
+                await send_plain(send, *error_response(408, _BODY_TIMEOUT))
+            elif connection.client_left:
+                return
+            elif handed_over:
+                await self._hand_over(request, session, receive, send)
+            else:
+                await self._respond(request, receive, send, status, body, headers)
+        except Exception as error:
+            if not is_send_failure(error):
+                raise
+            logger.debug("The client left while %s was answered: %r", request.path, error)
         finally:
             current_request.reset(token)
 
@@ -376,6 +381,40 @@ class App:
             )
         else:
             await send_plain(send, status, encode_headers(headers), plain_body(body))
+
+    async def _save_session(
+        self, request: Request, session: SessionState | None, headers: list[Any]
+    ) -> None:
+        """Save the session if the request has one, adding its cookie to ``headers``."""
+        if request.session or session is not None:
+            cookie = await save_session(self, request, session)
+            if cookie is not None:
+                headers.append(("Set-Cookie", cookie))
+
+    async def _hand_over(
+        self, request: Request, session: SessionState | None, receive: Receive, send: Send
+    ) -> None:
+        """Let the sub-app answer; if it fails, answer 500 only when it had not started to."""
+        started = send_failed = False
+
+        async def sub_app_send(message: Message) -> None:
+            nonlocal started, send_failed
+            started = started or message["type"] == "http.response.start"
+            try:
+                await send(message)
+            except Exception:
+                send_failed = True
+                raise
+
+        try:
+            await hand_over(self, request, session, receive, sub_app_send)
+        except Exception as error:
+            if send_failed:
+                logger.debug("The client left while %s was answered: %r", request.path, error)
+                return
+            logger.exception("Unhandled exception in the sub-app for %s", request.path)
+            if not started:
+                await send_plain(send, *error_response(500, "500 Internal Server Error"))
 
     # --- helpers users call ----------------------------------------------------------------
 
