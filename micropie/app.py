@@ -51,9 +51,15 @@ from .sessions import (
 from .streaming import answer_head, send_stream
 from .subapps import hand_over
 from .types import Message, Receive, Scope, Send
+from .urlencoded import UrlencodedParser
 from .websocket_dispatch import WebSocketConnection
 
-__all__ = ["DEFAULT_MAX_BODY_SIZE", "DEFAULT_MAX_FORM_FIELD_SIZE", "App"]
+__all__ = [
+    "DEFAULT_MAX_BODY_SIZE",
+    "DEFAULT_MAX_FORM_FIELDS",
+    "DEFAULT_MAX_FORM_FIELD_SIZE",
+    "App",
+]
 
 logger = logging.getLogger("micropie")
 
@@ -61,6 +67,8 @@ logger = logging.getLogger("micropie")
 DEFAULT_MAX_BODY_SIZE = 16 * 1024 * 1024
 #: Largest multipart text field accepted by default (1 MiB); bigger ones get 413.
 DEFAULT_MAX_FORM_FIELD_SIZE = 1024 * 1024
+#: Most fields one urlencoded body may have; more get 413.
+DEFAULT_MAX_FORM_FIELDS = 1000
 #: Most parts (fields and files) one multipart body may have; more get 413.
 DEFAULT_MAX_MULTIPART_PARTS = 1000
 #: Most files one multipart body may carry; more get 413.
@@ -113,10 +121,12 @@ class App:
         max_multipart_files: int | None = DEFAULT_MAX_MULTIPART_FILES,
         ws_max_message_size: int | None = DEFAULT_WS_MAX_MESSAGE_SIZE,
         lifespan: Lifespan | None = None,
+        max_form_fields: int | None = DEFAULT_MAX_FORM_FIELDS,
     ) -> None:
         _positive_or_none("body_timeout", body_timeout)
         _positive_or_none("max_body_size", max_body_size)
         _positive_or_none("max_form_field_size", max_form_field_size)
+        _positive_or_none("max_form_fields", max_form_fields)
         _positive_or_none("max_multipart_parts", max_multipart_parts)
         _positive_or_none("max_multipart_files", max_multipart_files)
         _positive_or_none("ws_max_message_size", ws_max_message_size)
@@ -130,6 +140,7 @@ class App:
         self.body_timeout = body_timeout
         self.max_body_size = max_body_size
         self.max_form_field_size = max_form_field_size
+        self.max_form_fields = max_form_fields
         self.max_multipart_parts = max_multipart_parts
         self.max_multipart_files = max_multipart_files
         self.ws_max_message_size = ws_max_message_size
@@ -259,15 +270,22 @@ class App:
     async def _read_body(
         self, request: Request, receive: Receive, connection: ConnectionScope, media_type: str
     ) -> None:
-        """Read and parse a JSON or urlencoded body, then start watching for the client."""
+        """Read and parse a JSON or urlencoded body, then start watching for the client.
+
+        A form is parsed as it arrives, so its limits answer 413 before the rest is read.
+        """
+        form = None
+        if not bodies.is_json(media_type):
+            form = UrlencodedParser(self.max_form_field_size, self.max_form_fields)
         body = await bodies.read_body(
             receive,
             max_size=self.max_body_size,
             idle_timeout=self.body_timeout,
             deadlines=connection,
+            on_chunk=None if form is None else form.feed,
         )
         connection.start_watching()
-        await bodies.parse_body(request, body, media_type)
+        await bodies.parse_body(request, body, media_type, form)
 
     def _run_user_code(
         self, request: Request, form: MultipartForm | None
