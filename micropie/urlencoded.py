@@ -50,7 +50,7 @@ def _percent_decode(data: bytes) -> bytes:
     return escaped.decode("unicode_escape").encode("latin-1")
 
 
-async def _unquote_plus(raw: bytes) -> str:
+def _unquote_small(raw: bytes) -> str:
     """One name or value, as ``unquote(text.replace("+", " "))`` decodes it in ``parse_qs``.
 
     ``raw`` is already free of invalid UTF-8 (``parse_qs`` gets text decoded with "ignore").
@@ -58,9 +58,12 @@ async def _unquote_plus(raw: bytes) -> str:
     run: a raw non-ASCII character starts with a lead byte, which ends any incomplete escaped
     sequence before it either way.
     """
+    return _percent_decode(raw.replace(b"+", b" ")).decode("utf-8", "replace")
+
+
+async def _unquote_large(raw: bytes) -> str:
+    """``_unquote_small`` for a field over ``WINDOW`` bytes: window by window, with checkpoints."""
     raw = raw.replace(b"+", b" ")
-    if len(raw) <= WINDOW:
-        return _percent_decode(raw).decode("utf-8", "replace")
     pieces: list[bytes] = []
     start = 0
     while start < len(raw):
@@ -117,7 +120,11 @@ class UrlencodedParser:
             if match.end() == len(chunk):  # may go on in the next chunk
                 self._grow(match.group())
                 return
-            await self._add(match.group())
+            field = match.group()
+            if len(field) <= WINDOW:
+                self._add_small(field)
+            else:
+                await self._add(field)
 
     async def close(self) -> dict[str, list[str]]:
         """The fields, once the body has ended."""
@@ -132,7 +139,8 @@ class UrlencodedParser:
         if self.max_field_size is not None and len(self._partial) > self.max_field_size:
             raise HTTPError(413, _FIELD_TOO_LARGE)
 
-    async def _add(self, field: bytes) -> None:
+    def _count_field(self, field: bytes) -> tuple[bytes, bytes] | None:
+        """Check the limits; the name and value to keep, or ``None`` for a dropped field."""
         if self.max_field_size is not None and len(field) > self.max_field_size:
             raise HTTPError(413, _FIELD_TOO_LARGE)
         self._count += 1
@@ -140,11 +148,25 @@ class UrlencodedParser:
             raise HTTPError(413, _TOO_MANY_FIELDS)
         name, separator, value = field.partition(b"=")
         if not separator:
-            return  # a bare key: parse_qs drops it
+            return None  # a bare key: parse_qs drops it
         value = _valid_utf8(value)
         if not value:
-            return  # a blank value: dropped too
-        key = await _unquote_plus(_valid_utf8(name))
-        self.fields.setdefault(key, []).append(await _unquote_plus(value))
-        if len(field) > WINDOW:
-            await anyio.lowlevel.checkpoint()  # a body that came in one large message
+            return None  # a blank value: dropped too
+        return _valid_utf8(name), value
+
+    def _add_small(self, field: bytes) -> None:
+        kept = self._count_field(field)
+        if kept is not None:
+            name, value = kept
+            self.fields.setdefault(_unquote_small(name), []).append(_unquote_small(value))
+
+    async def _add(self, field: bytes) -> None:
+        if len(field) <= WINDOW:
+            self._add_small(field)
+            return
+        kept = self._count_field(field)
+        if kept is not None:
+            name, value = kept
+            key = await _unquote_large(name) if len(name) > WINDOW else _unquote_small(name)
+            self.fields.setdefault(key, []).append(await _unquote_large(value))
+        await anyio.lowlevel.checkpoint()  # a body that came in one large message
