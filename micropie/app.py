@@ -21,7 +21,7 @@ import anyio.to_thread
 
 from . import bodies, redirects, routing, templates
 from .disconnect import ConnectionScope, DisconnectSweeper
-from .errors import ClientDisconnected, HTTPError, MultipartFileError
+from .errors import ClientDisconnected, HTTPError, MultipartFileError, is_send_failure
 from .lifespan import AppLifetime
 from .middleware import HttpMiddleware, WebSocketMiddleware
 from .multipart import MultipartForm, open_form
@@ -48,12 +48,18 @@ from .sessions import (
     save_session,
     validate_session_id,
 )
-from .streaming import send_stream
+from .streaming import answer_head, send_stream
 from .subapps import hand_over
-from .types import Receive, Scope, Send
+from .types import Message, Receive, Scope, Send
+from .urlencoded import UrlencodedParser
 from .websocket_dispatch import WebSocketConnection
 
-__all__ = ["DEFAULT_MAX_BODY_SIZE", "DEFAULT_MAX_FORM_FIELD_SIZE", "App"]
+__all__ = [
+    "DEFAULT_MAX_BODY_SIZE",
+    "DEFAULT_MAX_FORM_FIELDS",
+    "DEFAULT_MAX_FORM_FIELD_SIZE",
+    "App",
+]
 
 logger = logging.getLogger("micropie")
 
@@ -61,6 +67,8 @@ logger = logging.getLogger("micropie")
 DEFAULT_MAX_BODY_SIZE = 16 * 1024 * 1024
 #: Largest multipart text field accepted by default (1 MiB); bigger ones get 413.
 DEFAULT_MAX_FORM_FIELD_SIZE = 1024 * 1024
+#: Most fields one urlencoded body may have; more get 413.
+DEFAULT_MAX_FORM_FIELDS = 1000
 #: Most parts (fields and files) one multipart body may have; more get 413.
 DEFAULT_MAX_MULTIPART_PARTS = 1000
 #: Most files one multipart body may carry; more get 413.
@@ -113,10 +121,12 @@ class App:
         max_multipart_files: int | None = DEFAULT_MAX_MULTIPART_FILES,
         ws_max_message_size: int | None = DEFAULT_WS_MAX_MESSAGE_SIZE,
         lifespan: Lifespan | None = None,
+        max_form_fields: int | None = DEFAULT_MAX_FORM_FIELDS,
     ) -> None:
         _positive_or_none("body_timeout", body_timeout)
         _positive_or_none("max_body_size", max_body_size)
         _positive_or_none("max_form_field_size", max_form_field_size)
+        _positive_or_none("max_form_fields", max_form_fields)
         _positive_or_none("max_multipart_parts", max_multipart_parts)
         _positive_or_none("max_multipart_files", max_multipart_files)
         _positive_or_none("ws_max_message_size", ws_max_message_size)
@@ -130,6 +140,7 @@ class App:
         self.body_timeout = body_timeout
         self.max_body_size = max_body_size
         self.max_form_field_size = max_form_field_size
+        self.max_form_fields = max_form_fields
         self.max_multipart_parts = max_multipart_parts
         self.max_multipart_files = max_multipart_files
         self.ws_max_message_size = ws_max_message_size
@@ -184,6 +195,9 @@ class App:
             await self._lifetime.run(scope, receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer one request. A response starts at most once: every answer is sent outside the
+        ``try`` whose ``except Exception`` answers 500, and a ``send()`` that fails means the
+        client is gone (logged at DEBUG), never a reason to send anything more."""
         request = Request(scope)
         token = current_request.set(request)
         try:
@@ -194,18 +208,9 @@ class App:
                     if connection.reading and connection.form is None:
                         await self._read_body(request, receive, connection, str(media_type))
                     status, body, headers = await self._run_user_code(request, connection.form)
-                if connection.timed_out:
-                    await send_plain(send, *error_response(408, _BODY_TIMEOUT))
-                    return
-                if connection.client_left:
-                    return
-                if request.__dict__.get("_subapp") is not None:
-                    await hand_over(self, request, session, receive, send)
-                    return
-                if request.session or session is not None:
-                    cookie = await save_session(self, request, session)
-                    if cookie is not None:
-                        headers.append(("Set-Cookie", cookie))
+                handed_over = request.__dict__.get("_subapp") is not None
+                if not (connection.timed_out or connection.client_left or handed_over):
+                    await self._save_session(request, session, headers)
             except _Answered as answered:
                 await send_plain(send, *answered.response)
                 return
@@ -218,7 +223,18 @@ class App:
                 logger.exception("Unhandled exception while handling %s", request.path)
                 await send_plain(send, *error_response(500, "500 Internal Server Error"))
                 return
-            await self._respond(request, receive, send, status, body, headers)
+            if connection.timed_out:
+                await send_plain(send, *error_response(408, _BODY_TIMEOUT))
+            elif connection.client_left:
+                return
+            elif handed_over:
+                await self._hand_over(request, session, receive, send)
+            else:
+                await self._respond(request, receive, send, status, body, headers)
+        except Exception as error:
+            if not is_send_failure(error):
+                raise
+            logger.debug("The client left while %s was answered: %r", request.path, error)
         finally:
             current_request.reset(token)
 
@@ -254,15 +270,22 @@ class App:
     async def _read_body(
         self, request: Request, receive: Receive, connection: ConnectionScope, media_type: str
     ) -> None:
-        """Read and parse a JSON or urlencoded body, then start watching for the client."""
+        """Read and parse a JSON or urlencoded body, then start watching for the client.
+
+        A form is parsed as it arrives, so its limits answer 413 before the rest is read.
+        """
+        form = None
+        if not bodies.is_json(media_type):
+            form = UrlencodedParser(self.max_form_field_size, self.max_form_fields)
         body = await bodies.read_body(
             receive,
             max_size=self.max_body_size,
             idle_timeout=self.body_timeout,
             deadlines=connection,
+            on_chunk=None if form is None else form.feed,
         )
         connection.start_watching()
-        await bodies.parse_body(request, body, media_type)
+        await bodies.parse_body(request, body, media_type, form)
 
     def _run_user_code(
         self, request: Request, form: MultipartForm | None
@@ -362,6 +385,9 @@ class App:
         headers: list[Any],
     ) -> None:
         if is_stream(body):
+            if request.method == "HEAD":  # headers now; an endless stream must not hold it
+                await answer_head(send, status, encode_headers(headers), body)
+                return
             await send_stream(
                 send,
                 receive,
@@ -373,6 +399,40 @@ class App:
             )
         else:
             await send_plain(send, status, encode_headers(headers), plain_body(body))
+
+    async def _save_session(
+        self, request: Request, session: SessionState | None, headers: list[Any]
+    ) -> None:
+        """Save the session if the request has one, adding its cookie to ``headers``."""
+        if request.session or session is not None:
+            cookie = await save_session(self, request, session)
+            if cookie is not None:
+                headers.append(("Set-Cookie", cookie))
+
+    async def _hand_over(
+        self, request: Request, session: SessionState | None, receive: Receive, send: Send
+    ) -> None:
+        """Let the sub-app answer; if it fails, answer 500 only when it had not started to."""
+        started = send_failed = False
+
+        async def sub_app_send(message: Message) -> None:
+            nonlocal started, send_failed
+            started = started or message["type"] == "http.response.start"
+            try:
+                await send(message)
+            except Exception:
+                send_failed = True
+                raise
+
+        try:
+            await hand_over(self, request, session, receive, sub_app_send)
+        except Exception as error:
+            if send_failed:
+                logger.debug("The client left while %s was answered: %r", request.path, error)
+                return
+            logger.exception("Unhandled exception in the sub-app for %s", request.path)
+            if not started:
+                await send_plain(send, *error_response(500, "500 Internal Server Error"))
 
     # --- helpers users call ----------------------------------------------------------------
 

@@ -5,14 +5,14 @@ is checked before anything is read (and never trusted for framing), the body is 
 streams in, and each ``receive()`` may wait at most ``body_timeout`` seconds (the only defence
 against a client that trickles a body: servers have no body timeout of their own).
 
-Parsing a large urlencoded or JSON body costs real CPU (16 MiB of ``%`` takes seconds in
-``parse_qs``), so bodies above ``OFFLOAD_THRESHOLD`` are parsed in a worker thread and the event
-loop keeps serving everyone else.
+An urlencoded body is parsed while it arrives (``urlencoded.UrlencodedParser``: each message is
+split into fields, each field decoded in bounded steps, the field limits checked at once). A JSON
+body is parsed once it is whole; bodies above ``OFFLOAD_THRESHOLD`` in a worker thread.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
 import anyio
@@ -20,12 +20,14 @@ import anyio.to_thread
 
 from . import json_codec
 from .errors import ClientDisconnected, HTTPError
-from .request import Request, parse_urlencoded
+from .request import Request
 from .types import Message, Receive
+from .urlencoded import UrlencodedParser
 
 __all__ = [
     "BODY_METHODS",
     "check_content_length",
+    "is_json",
     "parse_body",
     "read_body",
 ]
@@ -76,6 +78,7 @@ async def read_body(
     max_size: int | None,
     idle_timeout: float | None,
     deadlines: BodyDeadlines | None = None,
+    on_chunk: Callable[[bytes], Awaitable[None]] | None = None,
 ) -> bytes:
     """The whole body, counted against ``max_size`` as it arrives (the limit is inclusive).
 
@@ -83,6 +86,7 @@ async def read_body(
     mistaken for a complete one. Each ``receive()`` may take ``idle_timeout`` seconds: past it,
     ``HTTPError(408)``; or, given ``deadlines``, the reader is cancelled past it and the caller
     answers 408 (``ConnectionScope.timed_out``). That saves a cancel scope per message.
+    ``on_chunk`` is awaited with each chunk as it arrives (a parser that works as data comes).
     """
     chunks: list[bytes] = []
     size = 0
@@ -100,6 +104,8 @@ async def read_body(
             if max_size is not None and size > max_size:
                 raise HTTPError(413, "413 Payload Too Large")
             chunks.append(chunk)
+            if on_chunk is not None:
+                await on_chunk(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
@@ -110,22 +116,25 @@ async def _parse(body: bytes, parse: Callable[[bytes], _T]) -> _T:
     return parse(body)
 
 
-def _parse_form(body: bytes) -> dict[str, list[str]]:
-    return parse_urlencoded(body.decode("utf-8", "ignore"))
+def is_json(media_type: str) -> bool:
+    """Whether a body of this media type is JSON; as in MicroPie, any other is a form."""
+    return "application/json" in media_type
 
 
-async def parse_body(request: Request, body: bytes, media_type: str) -> None:
+async def parse_body(
+    request: Request, body: bytes, media_type: str, form: UrlencodedParser | None
+) -> None:
     """Fill ``request._json`` (``application/json``) or ``request.body_params`` (anything else).
 
-    As in MicroPie, every type but JSON is parsed as an urlencoded form. Invalid or empty JSON
-    is ``HTTPError(400, "Bad JSON")``.
+    As in MicroPie, every type but JSON is parsed as an urlencoded form: ``form`` has been fed
+    the body as it arrived. Invalid or empty JSON is ``HTTPError(400, "Bad JSON")``.
     """
     request.body = body
-    if "application/json" in media_type:
+    if form is None:
         try:
             request._json = await _parse(body, json_codec.loads)
         except ValueError:
             raise HTTPError(400, "400 Bad Request: Bad JSON") from None
     else:
-        request.body_params = await _parse(body, _parse_form)
+        request.body_params = await form.close()
     request.body_parsed = True

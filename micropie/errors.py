@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-__all__ = ["ClientDisconnected", "HTTPError", "MultipartFileError"]
+import sys
+
+import anyio
+
+__all__ = ["ClientDisconnected", "HTTPError", "MultipartFileError", "is_send_failure"]
 
 
 class HTTPError(Exception):
@@ -32,3 +36,18 @@ class MultipartFileError(Exception):
     def __init__(self, cause: BaseException | None = None) -> None:
         super().__init__("Multipart file upload did not complete")
         self.cause = cause
+
+
+def is_send_failure(error: BaseException) -> bool:
+    """Whether ``error``, raised by the server's ``send()``, means the client is gone.
+
+    The ASGI spec asks servers to raise an ``OSError`` for a closed connection; a server built
+    on anyio or trio streams may let their ``BrokenResourceError``/``ClosedResourceError``
+    through instead. Trio's are checked only when trio is loaded: it is an optional extra.
+    """
+    if isinstance(error, OSError | anyio.BrokenResourceError | anyio.ClosedResourceError):
+        return True
+    trio = sys.modules.get("trio")
+    return trio is not None and isinstance(
+        error, trio.BrokenResourceError | trio.ClosedResourceError
+    )

@@ -64,10 +64,41 @@ def _encode_header(name: Any, value: Any) -> tuple[bytes, bytes] | None:
     return raw_name, raw_value
 
 
-# Most responses repeat a handful of headers (content types, cache policies): remember how
-# they encode. Values that vary (cookies, locations) simply miss and are checked every time.
-_encoded_cache: dict[tuple[Any, Any], tuple[bytes, bytes]] = {}
-_ENCODED_CACHE_LIMIT = 256
+_TOKEN_TEXT = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _checked_header(header: Any) -> tuple[bytes, bytes] | None:
+    """``_encode_header`` for a ``(name, value)`` pair, with a fast path for plain ASCII text.
+
+    A value that is ASCII and printable (``isprintable`` is false for every control
+    character) and a name that is a token need no further check. Nothing is remembered: the
+    values that vary (cookies, locations, anything echoed from a request) may be secrets.
+    """
+    name, value = header
+    if (
+        type(value) is str
+        and type(name) is str
+        and value.isascii()
+        and value.isprintable()
+        and _TOKEN_TEXT.fullmatch(name)
+    ):
+        return name.encode("ascii"), value.encode("ascii")
+    return _encode_header(name, value)
+
+
+#: The framework's own fixed headers, checked and encoded once. Only fixed text belongs here:
+#: a cache of what handlers return would keep session cookies and user input alive.
+_FIXED_HEADERS: dict[tuple[str, str], tuple[bytes, bytes]] = {
+    header: (header[0].encode("ascii"), header[1].encode("ascii"))
+    for header in (
+        _JSON_CONTENT_TYPE,
+        ("Content-Type", "text/html; charset=utf-8"),
+        ("Content-Type", "text/plain; charset=utf-8"),
+        ("Content-Type", "text/event-stream; charset=utf-8"),
+        ("Cache-Control", "no-cache"),
+        ("X-Accel-Buffering", "no"),
+    )
+}
 
 
 def encode_headers(headers: Iterable[tuple[Any, Any]]) -> RawHeaders:
@@ -75,14 +106,11 @@ def encode_headers(headers: Iterable[tuple[Any, Any]]) -> RawHeaders:
     raw: RawHeaders = []
     has_content_type = False
     for header in headers:
-        encoded = _encoded_cache.get(header) if type(header) is tuple else None
+        encoded = _FIXED_HEADERS.get(header) if type(header) is tuple else None
         if encoded is None:
-            name, value = header
-            encoded = _encode_header(name, value)
+            encoded = _checked_header(header)
             if encoded is None:
                 continue
-            if len(_encoded_cache) < _ENCODED_CACHE_LIMIT and type(header) is tuple:
-                _encoded_cache[header] = encoded
         if not has_content_type and encoded[0].lower() == b"content-type":
             has_content_type = True
         raw.append(encoded)

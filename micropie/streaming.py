@@ -8,7 +8,11 @@ thread. Sync iterables are advanced with ``anyio.to_thread`` so that a blocking 
 stalls the event loop.
 
 A body that raises mid-stream is logged once and the response is left unfinished (no final
-empty chunk), so the client sees a broken stream rather than a clean but truncated end.
+empty chunk), so the client sees a broken stream rather than a clean but truncated end. A
+``send()`` that fails means the client is gone: the stream ends as if it had said so (DEBUG log).
+
+A ``HEAD`` request gets the stream's status and headers at once and no body: the body is closed
+without being advanced (``answer_head``), so an endless event stream costs a HEAD nothing.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ import anyio.to_thread
 
 from .concurrency import collapse_excgroups
 from .disconnect import watch_for_disconnect
-from .types import RawHeaders, Receive, Send
+from .errors import ClientDisconnected, is_send_failure
+from .types import Message, RawHeaders, Receive, Send
 
-__all__ = ["CLOSE_GRACE", "iterate", "send_stream"]
+__all__ = ["CLOSE_GRACE", "answer_head", "iterate", "send_stream"]
 
 logger = logging.getLogger("micropie")
 
@@ -104,6 +109,16 @@ async def _with_keepalive(
             yield chunk
 
 
+async def _send(send: Send, message: Message) -> None:
+    """``send(message)``; a failure that means the client is gone is ``ClientDisconnected``."""
+    try:
+        await send(message)
+    except Exception as error:
+        if is_send_failure(error):
+            raise ClientDisconnected from error
+        raise
+
+
 async def _send_chunks(send: Send, body: Any, task_group: anyio.abc.TaskGroup) -> None:
     keepalive = getattr(body, "keepalive", None)
     if keepalive is None:
@@ -114,7 +129,7 @@ async def _send_chunks(send: Send, body: Any, task_group: anyio.abc.TaskGroup) -
         async for chunk in chunks:
             data = _encode_chunk(chunk)
             if data:
-                await send({"type": "http.response.body", "body": data, "more_body": True})
+                await _send(send, {"type": "http.response.body", "body": data, "more_body": True})
     finally:
         await chunks.aclose()
 
@@ -142,7 +157,9 @@ async def send_stream(
         async with anyio.create_task_group() as task_group:
             task_group.start_soon(watch_for_disconnect, receive, task_group.cancel_scope)
             try:
-                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await _send(
+                    send, {"type": "http.response.start", "status": status, "headers": headers}
+                )
                 # The producers (keep-alive, shutdown watch) end before the body is closed: a
                 # generator cannot be closed while another task is still iterating it.
                 with collapse_excgroups():
@@ -151,9 +168,25 @@ async def send_stream(
                             producers.start_soon(_end_on, server_stopping, producers.cancel_scope)
                         await _send_chunks(send, body, producers)
                         producers.cancel_scope.cancel()
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                await _send(send, {"type": "http.response.body", "body": b"", "more_body": False})
+            except ClientDisconnected as gone:
+                logger.debug("The client left while %s was streamed: %r", path, gone.__cause__)
             except Exception:
                 logger.exception("Streaming response for %s failed mid-stream", path)
             finally:
                 await _close(body)
                 task_group.cancel_scope.cancel()
+
+
+async def answer_head(send: Send, status: int, headers: RawHeaders, body: Any) -> None:
+    """Answer ``HEAD`` for a streamed body: its status and headers, no body, the body closed.
+
+    The body is never advanced: what a generator would yield is no part of a ``HEAD`` answer,
+    and an endless one would hold the connection forever. It is closed all the same, so a
+    generator that the handler already started runs its ``finally`` now.
+    """
+    try:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    finally:
+        await _close(body)
