@@ -36,6 +36,11 @@ TESTED = {
     "deployment/embed.py",
     "deployment/proxy.py",
     "fanout/chat.py",
+    # run by tests/test_trio_send_eof.py, against real hypercorn trio workers:
+    "hypercorn_send_eof/client.py",
+    "hypercorn_send_eof/greet.py",
+    "hypercorn_send_eof/plain_app.py",
+    "hypercorn_send_eof/plain_app_fixed.py",
     "fanout/live.py",
     "fanout/own_lifespan.py",
     "fanout/redis_sessions.py",

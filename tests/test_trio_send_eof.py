@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import base64
 import os
+import runpy
 import socket
 import struct
+import subprocess
+import sys
 import time
 
 import anyio
 import httpx
 import pytest
 import trio
-from apps.greet_app import app as greeter
 from hypercorn.trio.tcp_server import TCPServer
-from servers import CliServer, running_server
+from servers import ROOT, CliServer, running_server
 
 from micropie.hypercorn_glue import fix_hypercorn_trio_send_eof
 
@@ -31,9 +33,11 @@ RACES = 300
 CONNECTION_TIMEOUT = 5.0
 RUN_TIMEOUT = 60.0
 
-MICROPIE_GREETER = "tests/apps/greet_app.py:app"
-PLAIN_GREETER = "tests/apps/plain_greet.py:app"
-PLAIN_GREETER_FIXED = "tests/apps/plain_greet_fixed.py:app"
+#: The apps and the client that docs/hypercorn-trio-send-eof.md shows, run as they stand.
+SAMPLES = "docs_src/hypercorn_send_eof"
+MICROPIE_GREETER = f"{SAMPLES}/greet.py:app"
+PLAIN_GREETER = f"{SAMPLES}/plain_app.py:app"
+PLAIN_GREETER_FIXED = f"{SAMPLES}/plain_app_fixed.py:app"
 
 
 class ServerGone(Exception):
@@ -114,6 +118,8 @@ def test_the_fix_leaves_code_it_was_not_written_for_alone(monkeypatch: pytest.Mo
 
 
 def test_app_serve_on_trio_survives_close_races() -> None:
+    greeter = runpy.run_path(str(ROOT / SAMPLES / "greet.py"))["app"]
+
     async def main() -> str:
         with trio.fail_after(RUN_TIMEOUT + 10):
             async with running_server(greeter) as url:
@@ -144,7 +150,16 @@ def test_plain_hypercorn_serving_a_micropie_app_survives_close_races() -> None:
 
 
 def test_plain_hypercorn_with_the_documented_fix_survives_close_races() -> None:
+    """The doc's own client, run as the doc says, against the doc's app with its fix."""
     with CliServer.start_hypercorn(PLAIN_GREETER_FIXED) as server:
+        client = subprocess.run(
+            [sys.executable, str(ROOT / SAMPLES / "client.py"), server.url.rsplit(":", 1)[1]],
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT,
+            check=False,
+        )
+        assert client.stdout.strip() == "server survived 300 connections", client.stderr
         survives(server)
 
 

@@ -1,4 +1,4 @@
-"""``plain_greet`` with the documented one-line fix for plain ``hypercorn --worker-class trio``."""
+"""``plain_app`` with the documented one-line fix for plain ``hypercorn --worker-class trio``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,6 @@ from micropie.hypercorn_glue import fix_hypercorn_trio_send_eof
 
 fix_hypercorn_trio_send_eof()
 
-from plain_greet import app  # noqa: E402
+from plain_app import app  # noqa: E402
 
 __all__ = ["app"]
