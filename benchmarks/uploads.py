@@ -48,7 +48,7 @@ import anyio
 from multipart import PushMultipartParser
 
 from micropie import App
-from micropie.types import ASGIApp, Message, Receive, Send
+from micropie.core.types import ASGIApp, Message, Receive, Send
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"

@@ -6,14 +6,14 @@ that leaves cancels its handler, and nothing a handler started outlives its conn
 
 from __future__ import annotations
 
-from .app import DEFAULT_MAX_BODY_SIZE, DEFAULT_MAX_FORM_FIELD_SIZE, App
-from .errors import MultipartFileError
-from .middleware import HttpMiddleware, WebSocketMiddleware
-from .multipart import MULTIPART_INSTALLED
-from .request import Request, WebSocketRequest, current_request
-from .sessions import SESSION_TIMEOUT, InMemorySessionBackend, SessionBackend
-from .templates import JINJA_INSTALLED
-from .websocket import ConnectionClosed, WebSocket
+from micropie.app import DEFAULT_MAX_BODY_SIZE, DEFAULT_MAX_FORM_FIELD_SIZE, App
+from micropie.core.errors import MultipartFileError
+from micropie.http.multipart import MULTIPART_INSTALLED
+from micropie.http.request import Request, WebSocketRequest, current_request
+from micropie.middleware import HttpMiddleware, WebSocketMiddleware
+from micropie.sessions import SESSION_TIMEOUT, InMemorySessionBackend, SessionBackend
+from micropie.templates import JINJA_INSTALLED
+from micropie.websocket import ConnectionClosed, WebSocket
 
 __version__ = "0.1.0"
 

@@ -5,7 +5,7 @@ Two ways to run, one command line:
 * ``--workers 0`` (the default) serves in this process through ``micropie.serving.run``:
   SIGINT and SIGTERM shut down gracefully on both backends, and a failed lifespan startup
   raises here, so the exit status says so.
-* ``--workers N`` (N >= 1) or ``--reload`` runs a supervisor (``micropie.supervisor``) that
+* ``--workers N`` (N >= 1) or ``--reload`` runs a supervisor (``micropie.serving.supervisor``) that
   spawns N worker processes serving the app the same way, on shared, pre-bound sockets (so
   ``--port 0`` works). SIGINT/SIGTERM, to the supervisor or to the whole process group (``docker
   stop``, systemd, ``timeout``), ask the workers to shut down gracefully; SIGHUP or a changed
@@ -28,9 +28,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from .serving import run
-from .supervisor import EXIT_FAILED, EXIT_OK, supervise
-from .types import ASGIApp
+from micropie.core.types import ASGIApp
+from micropie.serving import run
+from micropie.serving.supervisor import EXIT_FAILED, EXIT_OK, supervise
 
 if TYPE_CHECKING:
     from hypercorn.config import Config
@@ -142,7 +142,7 @@ def _serve_here(app: ASGIApp, args: argparse.Namespace, level: str) -> int:
 
 
 def load_app(target: str) -> ASGIApp:
-    """Import MODULE:ATTRIBUTE (here, and in every worker process of ``micropie.supervisor``).
+    """Import MODULE:ATTRIBUTE (here, and in every worker process of the supervisor).
 
     Raises ``AppLoadError`` when it names no module, no attribute or nothing callable.
     """

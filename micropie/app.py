@@ -19,14 +19,13 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
-from . import bodies, redirects, routing, templates
-from .disconnect import ConnectionScope, DisconnectSweeper
-from .errors import ClientDisconnected, HTTPError, MultipartFileError, is_send_failure
-from .lifespan import AppLifetime
-from .middleware import HttpMiddleware, WebSocketMiddleware
-from .multipart import MultipartForm, open_form
-from .request import Request, current_request, scan_headers
-from .responses import (
+from micropie import routing, templates
+from micropie.core.errors import ClientDisconnected, HTTPError, MultipartFileError, is_send_failure
+from micropie.core.types import Message, Receive, Scope, Send
+from micropie.http import bodies, redirects
+from micropie.http.multipart import MultipartForm, open_form
+from micropie.http.request import Request, current_request, scan_headers
+from micropie.http.responses import (
     PlainResponse,
     encode_headers,
     error_response,
@@ -35,8 +34,13 @@ from .responses import (
     plain_body,
     send_plain,
 )
-from .routing import PendingForm
-from .sessions import (
+from micropie.http.streaming import answer_head, send_stream
+from micropie.http.urlencoded import UrlencodedParser
+from micropie.lifetimes.disconnect import ConnectionScope, DisconnectSweeper
+from micropie.lifetimes.lifespan import AppLifetime
+from micropie.middleware import HttpMiddleware, WebSocketMiddleware
+from micropie.routing import PendingForm
+from micropie.sessions import (
     SESSION_TIMEOUT,
     InMemorySessionBackend,
     SessionBackend,
@@ -48,11 +52,8 @@ from .sessions import (
     save_session,
     validate_session_id,
 )
-from .streaming import answer_head, send_stream
-from .subapps import hand_over
-from .types import Message, Receive, Scope, Send
-from .urlencoded import UrlencodedParser
-from .websocket_dispatch import WebSocketConnection
+from micropie.subapps import hand_over
+from micropie.websocket.dispatch import WebSocketConnection
 
 __all__ = [
     "DEFAULT_MAX_BODY_SIZE",
@@ -476,12 +477,12 @@ class App:
         **options: Any,
     ) -> None:
         """Serve this app with hypercorn inside the caller's trio or asyncio program."""
-        from .serving import serve
+        from micropie.serving import serve
 
         await serve(self, host=host, port=port, task_status=task_status, **options)
 
     def run(self, *, host: str = "127.0.0.1", port: int = 8000, **options: Any) -> None:
         """Serve this app with hypercorn until interrupted (for scripts)."""
-        from .serving import run
+        from micropie.serving import run
 
         run(self, host=host, port=port, **options)

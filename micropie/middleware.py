@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
-from .request import Request
+from micropie.http.request import Request
 
 __all__ = ["HttpMiddleware", "WebSocketMiddleware"]
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .sessions import SessionState
-from .types import ASGIApp, Message, Receive, Send
+from micropie.core.types import ASGIApp, Message, Receive, Send
+from micropie.sessions import SessionState
 
 if TYPE_CHECKING:
-    from .app import App
-    from .request import Request
+    from micropie.app import App
+    from micropie.http.request import Request
 
 __all__ = ["hand_over"]
 

@@ -41,8 +41,8 @@ from typing import Any
 import anyio
 import pytest
 
+from micropie.core.types import ASGIApp
 from micropie.serving import serve
-from micropie.types import ASGIApp
 
 #: The project root: ``python -m micropie`` and ``tests.apps...`` targets resolve from here.
 ROOT = Path(__file__).absolute().parent.parent

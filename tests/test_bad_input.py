@@ -187,8 +187,8 @@ HOSTILE_JSON = {
 def use_codec(codec: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """``stdlib`` forces micropie's JSON onto the standard library (no orjson)."""
     if codec == "stdlib":
-        # differs from 0.32: SPEC D5 (0.32 has no micropie.json_codec)
-        monkeypatch.setattr("micropie.json_codec.orjson", None)
+        # differs from 0.32: SPEC D5 (0.32 has no micropie.core.json_codec)
+        monkeypatch.setattr("micropie.core.json_codec.orjson", None)
 
 
 CODECS = [

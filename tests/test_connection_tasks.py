@@ -10,7 +10,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from micropie.connection_tasks import ConnectionTasks
+from micropie.lifetimes.connection_tasks import ConnectionTasks
 
 pytestmark = pytest.mark.anyio
 

@@ -475,7 +475,7 @@ async def test_fanout_sse(sample_modules: None) -> None:
 
 
 def test_fanout_redis_sessions(sample_modules: None) -> None:
-    from micropie.backends.redis import RedisSessionBackend
+    from micropie.sessions.redis import RedisSessionBackend
 
     module = load("fanout/redis_sessions.py")
     assert isinstance(module.app.session_backend, RedisSessionBackend)

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from servers import running_server
 
 from micropie import App
-from micropie.types import Message
+from micropie.core.types import Message
 
 pytestmark = pytest.mark.anyio
 
@@ -200,7 +200,7 @@ def test_any_body_parses_as_micropie_parses_it(
     expected = parse_qs(text) if text else {}
 
     async def parse() -> dict[str, list[str]]:
-        from micropie.urlencoded import UrlencodedParser
+        from micropie.http.urlencoded import UrlencodedParser
 
         parser = UrlencodedParser(None, None)
         for chunk in chunks:

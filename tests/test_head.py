@@ -18,7 +18,7 @@ from drive import Client, http_scope
 from servers import running_server
 
 from micropie import App
-from micropie.sse import sse
+from micropie.http.sse import sse
 
 pytestmark = pytest.mark.anyio
 

@@ -25,7 +25,7 @@ from h2_client import H2Client
 from servers import running_server
 
 from micropie import App
-from micropie.sse import ServerSentEvent, sse
+from micropie.http.sse import ServerSentEvent, sse
 
 pytestmark = pytest.mark.anyio
 

@@ -21,9 +21,9 @@ from drive import lifespan
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import micropie.multipart._form
+import micropie.http.multipart._form
 from micropie import App, HttpMiddleware, InMemorySessionBackend, MultipartFileError
-from micropie.multipart import CHECKPOINT_EVERY, DISCONNECT_GRACE, UploadStream, parse_boundary
+from micropie.http.multipart import CHECKPOINT_EVERY, DISCONNECT_GRACE, UploadStream, parse_boundary
 
 BOUNDARY = "test-boundary"
 
@@ -820,7 +820,7 @@ async def test_unexpected_parser_failure_is_logged_and_answers_400(
         def parse(self, chunk: bytes) -> Any:
             raise RuntimeError("broken multipart body")
 
-    monkeypatch.setattr(micropie.multipart._form, "PushMultipartParser", BrokenParser)
+    monkeypatch.setattr(micropie.http.multipart._form, "PushMultipartParser", BrokenParser)
     app = make_app()
 
     @attach(app)
@@ -836,7 +836,7 @@ async def test_unexpected_parser_failure_is_logged_and_answers_400(
 async def test_without_the_multipart_package_answers_500(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(micropie.multipart._form, "MULTIPART_INSTALLED", False)
+    monkeypatch.setattr(micropie.http.multipart._form, "MULTIPART_INSTALLED", False)
     app = make_app()
 
     @attach(app)

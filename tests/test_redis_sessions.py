@@ -11,7 +11,7 @@ from redis_server import RedisServer, redis_server  # noqa: F401 - the fixture
 from servers import free_port
 
 from micropie import App
-from micropie.backends.redis import DEFAULT_PREFIX, RedisSessionBackend, SessionStoreUnavailable
+from micropie.sessions.redis import DEFAULT_PREFIX, RedisSessionBackend, SessionStoreUnavailable
 from micropie.testing import TestClient
 
 pytestmark = pytest.mark.anyio

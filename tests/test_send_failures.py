@@ -19,9 +19,9 @@ import trio
 from drive import Client, http_scope
 
 from micropie import App
+from micropie.core.types import Message, Receive, Scope, Send
+from micropie.http.request import Request
 from micropie.middleware import HttpMiddleware
-from micropie.request import Request
-from micropie.types import Message, Receive, Scope, Send
 
 pytestmark = pytest.mark.anyio
 

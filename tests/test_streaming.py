@@ -12,7 +12,7 @@ import pytest
 from drive import Client, http_scope, lifespan
 
 from micropie import App
-from micropie.sse import ServerSentEvent, sse
+from micropie.http.sse import ServerSentEvent, sse
 
 pytestmark = pytest.mark.anyio
 

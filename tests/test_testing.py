@@ -12,6 +12,7 @@ import httpx
 import pytest
 from drive import Boom, bounded
 
+from micropie.core.types import Message, Receive, Scope, Send
 from micropie.testing import (
     AppOutlivedClientError,
     ASGIProtocolError,
@@ -20,7 +21,6 @@ from micropie.testing import (
     WebSocketClosed,
     WebSocketRejected,
 )
-from micropie.types import Message, Receive, Scope, Send
 
 pytestmark = pytest.mark.anyio
 

@@ -15,7 +15,8 @@ import pytest
 from drive import Boom, bounded
 
 from micropie import App, ConnectionClosed, WebSocket, WebSocketMiddleware
-from micropie.request import Request
+from micropie.core.types import Message, Receive, Scope, Send
+from micropie.http.request import Request
 from micropie.testing import (
     WEBSOCKET_BUFFER_MESSAGES,
     AppOutlivedClientError,
@@ -24,7 +25,6 @@ from micropie.testing import (
     WebSocketClosed,
     WebSocketRejected,
 )
-from micropie.types import Message, Receive, Scope, Send
 
 pytestmark = pytest.mark.anyio
 

@@ -26,7 +26,7 @@ import trio
 from hypercorn.trio.tcp_server import TCPServer
 from servers import ROOT, CliServer, running_server
 
-from micropie.hypercorn_glue import fix_hypercorn_trio_send_eof
+from micropie.serving.hypercorn_glue import fix_hypercorn_trio_send_eof
 
 RACES = 300
 #: Bound for one connection's handshake and close, and for a whole run of RACES.

@@ -90,15 +90,22 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from ..concurrency import collapse_excgroups
-from ..websocket import ConnectionNotOpen
-from ._backend import _Backend, _MemoryBackend
-from ._errors import BroadcastError, BroadcastUnavailable, SlowSubscriber, SubscriptionClosed
-from ._forward import DELIVERY_WORKERS as DELIVERY_WORKERS  # public: the pool's size
-from ._forward import DeliveryPool, Forward, TextSink
-from ._local import WAKE_WINDOW as WAKE_WINDOW  # public: the wake-up window size
-from ._local import Message, Overflow, Subscription, _Hub
-from ._redis import _RedisBackend
+from micropie.broadcast._backend import _Backend, _MemoryBackend
+from micropie.broadcast._errors import (
+    BroadcastError,
+    BroadcastUnavailable,
+    SlowSubscriber,
+    SubscriptionClosed,
+)
+from micropie.broadcast._forward import (
+    DELIVERY_WORKERS as DELIVERY_WORKERS,  # public: the pool's size
+)
+from micropie.broadcast._forward import DeliveryPool, Forward, TextSink
+from micropie.broadcast._local import WAKE_WINDOW as WAKE_WINDOW  # public: the wake-up window size
+from micropie.broadcast._local import Message, Overflow, Subscription, _Hub
+from micropie.broadcast._redis import _RedisBackend
+from micropie.core.concurrency import collapse_excgroups
+from micropie.websocket import ConnectionNotOpen
 
 __all__ = [
     "Broadcast",

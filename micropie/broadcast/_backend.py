@@ -8,7 +8,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from ._local import _Hub
+from micropie.broadcast._local import _Hub
 
 
 class _Backend(Protocol):

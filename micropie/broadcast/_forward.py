@@ -39,12 +39,12 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from ..websocket import ConnectionClosed, ConnectionNotOpen
-from ._errors import BroadcastError
-from ._local import Overflow, _Member
+from micropie.broadcast._errors import BroadcastError
+from micropie.broadcast._local import Overflow, _Member
+from micropie.websocket import ConnectionClosed, ConnectionNotOpen
 
 if TYPE_CHECKING:
-    from ._local import _Channel
+    from micropie.broadcast._local import _Channel
 
 logger = logging.getLogger("micropie")
 

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 import anyio.lowlevel
 
-from ._errors import BroadcastError, SlowSubscriber, SubscriptionClosed
+from micropie.broadcast._errors import BroadcastError, SlowSubscriber, SubscriptionClosed
 
 if TYPE_CHECKING:
-    from ._forward import Forward
+    from micropie.broadcast._forward import Forward
 
 #: What to do when a subscriber's queue is full (see the ``micropie.broadcast`` docstring).
 Overflow = Literal["drop_oldest", "disconnect"]

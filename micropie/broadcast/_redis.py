@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.abc
 
-from ..concurrency import collapse_excgroups
-from ._errors import BroadcastUnavailable
-from ._local import _Hub
+from micropie.broadcast._errors import BroadcastUnavailable
+from micropie.broadcast._local import _Hub
+from micropie.core.concurrency import collapse_excgroups
 
 if TYPE_CHECKING:
     import coredis
@@ -86,7 +86,7 @@ class _RedisBackend:
     def _make_client(self) -> coredis.Redis[str]:
         from coredis.retry import ConstantRetryPolicy
 
-        from ..backends.redis import redis_client
+        from micropie.sessions.redis import redis_client
 
         errors = _connection_errors()
         return redis_client(

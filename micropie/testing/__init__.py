@@ -49,17 +49,17 @@ group; ``_scopes`` the scope the app sees; ``_errors`` the exceptions a test can
 
 from __future__ import annotations
 
-from ._client import TestClient
-from ._errors import (
+from micropie.testing._client import TestClient
+from micropie.testing._errors import (
     AppOutlivedClientError,
     ASGIProtocolError,
     LifespanError,
     WebSocketClosed,
     WebSocketRejected,
 )
-from ._http import RESPONSE_BUFFER_CHUNKS as RESPONSE_BUFFER_CHUNKS
-from ._websocket import WEBSOCKET_BUFFER_MESSAGES as WEBSOCKET_BUFFER_MESSAGES
-from ._websocket import WebSocketSession
+from micropie.testing._http import RESPONSE_BUFFER_CHUNKS as RESPONSE_BUFFER_CHUNKS
+from micropie.testing._websocket import WEBSOCKET_BUFFER_MESSAGES as WEBSOCKET_BUFFER_MESSAGES
+from micropie.testing._websocket import WebSocketSession
 
 __all__ = [
     "ASGIProtocolError",

@@ -12,9 +12,9 @@ from contextlib import asynccontextmanager
 import anyio
 from anyio.abc import TaskGroup
 
-from ..concurrency import collapse_excgroups
-from ..types import ASGIApp, Receive, Scope, Send
-from ._errors import AppOutlivedClientError
+from micropie.core.concurrency import collapse_excgroups
+from micropie.core.types import ASGIApp, Receive, Scope, Send
+from micropie.testing._errors import AppOutlivedClientError
 
 logger = logging.getLogger("micropie")
 

@@ -9,12 +9,12 @@ from typing import Any, Self
 
 import httpx
 
-from ..types import ASGIApp
-from ._app_call import _open_task_group
-from ._http import _ASGITransport
-from ._lifespan import _Lifespan
-from ._scopes import _websocket_request, _websocket_scope
-from ._websocket import WebSocketSession
+from micropie.core.types import ASGIApp
+from micropie.testing._app_call import _open_task_group
+from micropie.testing._http import _ASGITransport
+from micropie.testing._lifespan import _Lifespan
+from micropie.testing._scopes import _websocket_request, _websocket_scope
+from micropie.testing._websocket import WebSocketSession
 
 
 class TestClient(httpx.AsyncClient):

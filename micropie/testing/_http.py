@@ -11,11 +11,11 @@ import anyio.lowlevel
 import httpx
 from anyio.abc import TaskGroup
 
-from ..types import ASGIApp, Message, Scope
-from ._app_call import _AppCall, _open_task_group
-from ._errors import ASGIProtocolError
-from ._responses import _BufferedStream, _ResponseStream, _TestResponse
-from ._scopes import _build_scope
+from micropie.core.types import ASGIApp, Message, Scope
+from micropie.testing._app_call import _AppCall, _open_task_group
+from micropie.testing._errors import ASGIProtocolError
+from micropie.testing._responses import _BufferedStream, _ResponseStream, _TestResponse
+from micropie.testing._scopes import _build_scope
 
 logger = logging.getLogger("micropie")
 

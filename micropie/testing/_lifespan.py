@@ -8,9 +8,9 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from ..types import ASGIApp, Message
-from ._app_call import _AppCall
-from ._errors import ASGIProtocolError, LifespanError
+from micropie.core.types import ASGIApp, Message
+from micropie.testing._app_call import _AppCall
+from micropie.testing._errors import ASGIProtocolError, LifespanError
 
 logger = logging.getLogger("micropie")
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx
 
 if TYPE_CHECKING:
-    from ._http import _ASGITransport, _HTTPExchange
+    from micropie.testing._http import _ASGITransport, _HTTPExchange
 
 _T = TypeVar("_T")
 

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from ..types import Scope
+from micropie.core.types import Scope
 
 if TYPE_CHECKING:
-    from ._http import _ASGITransport
+    from micropie.testing._http import _ASGITransport
 
 #: 2.3: ``send()`` after a disconnect is dropped silently (2.4 would make it raise ``OSError``).
 _ASGI = {"version": "3.0", "spec_version": "2.3"}

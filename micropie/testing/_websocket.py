@@ -34,12 +34,12 @@ import anyio
 import anyio.lowlevel
 import httpx
 
-from ..types import Message, Scope
-from ._app_call import _AppCall
-from ._errors import ASGIProtocolError, WebSocketClosed, WebSocketRejected
+from micropie.core.types import Message, Scope
+from micropie.testing._app_call import _AppCall
+from micropie.testing._errors import ASGIProtocolError, WebSocketClosed, WebSocketRejected
 
 if TYPE_CHECKING:
-    from ._http import _ASGITransport
+    from micropie.testing._http import _ASGITransport
 
 #: Messages the app may send ahead of the test before its ``send()`` blocks.
 WEBSOCKET_BUFFER_MESSAGES = 16

@@ -51,7 +51,7 @@ state, its send turn, its tasks), ``_messages`` the per-message helpers, ``_erro
 exceptions and close codes.
 """
 
-from ._errors import (
+from micropie.websocket._errors import (
     INTERNAL_ERROR,
     ConnectionClosed,
     ConnectionNotOpen,
@@ -59,10 +59,10 @@ from ._errors import (
     close_message,
     only_connection_closed,
 )
-from ._lifetime import SHUTDOWN_CLOSE_TIMEOUT as SHUTDOWN_CLOSE_TIMEOUT
-from ._pump import DISCONNECT_GRACE, INBOX_SIZE
-from ._socket import DEFAULT_MAX_MESSAGE_SIZE, WebSocket
-from ._socket import SENDS_BETWEEN_CHECKPOINTS as SENDS_BETWEEN_CHECKPOINTS
+from micropie.websocket._lifetime import SHUTDOWN_CLOSE_TIMEOUT as SHUTDOWN_CLOSE_TIMEOUT
+from micropie.websocket._pump import DISCONNECT_GRACE, INBOX_SIZE
+from micropie.websocket._socket import DEFAULT_MAX_MESSAGE_SIZE, WebSocket
+from micropie.websocket._socket import SENDS_BETWEEN_CHECKPOINTS as SENDS_BETWEEN_CHECKPOINTS
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",

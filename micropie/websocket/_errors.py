@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..types import Message
+from micropie.core.types import Message
 
 INTERNAL_ERROR = (1011, "Internal server error")
 _GOING_AWAY = (1001, "Going away")

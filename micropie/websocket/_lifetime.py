@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.abc
 
-from ..concurrency import collapse_excgroups
-from ._errors import _GOING_AWAY, INTERNAL_ERROR, close_message
-from ._pump import cancel_after_grace, start_pump
-from ._state import connection_tasks
+from micropie.core.concurrency import collapse_excgroups
+from micropie.websocket._errors import _GOING_AWAY, INTERNAL_ERROR, close_message
+from micropie.websocket._pump import cancel_after_grace, start_pump
+from micropie.websocket._state import connection_tasks
 
 if TYPE_CHECKING:
-    from ..disconnect import DisconnectSweeper
-    from ._socket import WebSocket
+    from micropie.lifetimes.disconnect import DisconnectSweeper
+    from micropie.websocket._socket import WebSocket
 
 logger = logging.getLogger("micropie")
 

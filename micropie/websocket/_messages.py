@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from functools import cache
 
-from ..types import Message, Scope
+from micropie.core.types import Message, Scope
 
 logger = logging.getLogger("micropie")
 

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ..types import Message
-from ._errors import _TOO_BIG, INTERNAL_ERROR, close_message
-from ._messages import _receive_failed, _too_big
-from ._state import connection_tasks, end_send_turn, take_send_turn
+from micropie.core.types import Message
+from micropie.websocket._errors import _TOO_BIG, INTERNAL_ERROR, close_message
+from micropie.websocket._messages import _receive_failed, _too_big
+from micropie.websocket._state import connection_tasks, end_send_turn, take_send_turn
 
 if TYPE_CHECKING:
-    from ._socket import WebSocket
+    from micropie.websocket._socket import WebSocket
 
 logger = logging.getLogger("micropie")
 

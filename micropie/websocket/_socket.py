@@ -14,16 +14,21 @@ import anyio.abc
 import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from .. import json_codec
-from ..connection_tasks import ConnectionTasks
-from ..request import WebSocketRequest
-from ..sessions import (
+from micropie.core import json_codec
+from micropie.core.types import Message, Receive, Scope, Send
+from micropie.http.request import WebSocketRequest
+from micropie.lifetimes.connection_tasks import ConnectionTasks
+from micropie.sessions import (
     format_session_cookie,
     validate_session_id,
 )
-from ..types import Message, Receive, Scope, Send
-from ._errors import ConnectionClosed, ConnectionNotOpen, check_close_code, close_message
-from ._messages import (
+from micropie.websocket._errors import (
+    ConnectionClosed,
+    ConnectionNotOpen,
+    check_close_code,
+    close_message,
+)
+from micropie.websocket._messages import (
     _as_bytes,
     _as_text,
     _payload,
@@ -31,8 +36,15 @@ from ._messages import (
     _too_big,
     server_send_cannot_fail,
 )
-from ._pump import next_from_pump, reject
-from ._state import _CLOSED, _CONNECTING, _OPEN, connection_tasks, end_send_turn, take_send_turn
+from micropie.websocket._pump import next_from_pump, reject
+from micropie.websocket._state import (
+    _CLOSED,
+    _CONNECTING,
+    _OPEN,
+    connection_tasks,
+    end_send_turn,
+    take_send_turn,
+)
 
 _T = TypeVar("_T")
 

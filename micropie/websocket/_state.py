@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from ..connection_tasks import ConnectionTasks
+from micropie.lifetimes.connection_tasks import ConnectionTasks
 
 if TYPE_CHECKING:
-    from ._socket import WebSocket
+    from micropie.websocket._socket import WebSocket
 
 
 class _State(enum.Enum):

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import anyio
 
 from micropie import App, ConnectionClosed, WebSocket
-from micropie.sse import sse
+from micropie.http.sse import sse
 
 
 class LongLived(App):

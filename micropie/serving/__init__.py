@@ -30,11 +30,11 @@ inside the caller's own task group, and keeps three promises:
 
 Apps that "decline" lifespan by returning at once from the lifespan call crash hypercorn's trio
 worker; ``StartupWatcher`` turns that return into an exception, which both workers read as
-"no lifespan support" (see ``micropie.hypercorn_glue``).
+"no lifespan support" (see ``micropie.serving.hypercorn_glue``).
 
 Hypercorn is an optional dependency (``pip install 'micropie-anyio[serve]'``) and is imported
-lazily; ``micropie.hypercorn_glue`` adapts its API (config, bound address, app wrapper, worker
-loop).
+lazily; ``micropie.serving.hypercorn_glue`` adapts its API (config, bound address, app wrapper,
+worker loop).
 """
 
 from __future__ import annotations
@@ -48,8 +48,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 from anyio.abc import TaskStatus
 
-from .concurrency import sole_exception
-from .hypercorn_glue import (
+from micropie.core.concurrency import sole_exception
+from micropie.core.types import ASGIApp
+from micropie.serving.hypercorn_glue import (
     StartupWatcher,
     bound_address,
     config_class,
@@ -57,7 +58,6 @@ from .hypercorn_glue import (
     worker_serve_for_current_backend,
     wrap,
 )
-from .types import ASGIApp
 
 if TYPE_CHECKING:
     from hypercorn.config import Config, Sockets
@@ -117,7 +117,7 @@ async def serve_on_sockets(
 ) -> None:
     """``serve()`` on sockets bound already, with a complete hypercorn ``Config``.
 
-    For the worker processes of ``micropie.supervisor``, which share the supervisor's sockets.
+    For the worker processes of ``supervisor``, which share the supervisor's sockets.
     Closes the sockets when it returns.
     """
     try:

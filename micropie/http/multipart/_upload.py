@@ -7,7 +7,7 @@ from typing import Protocol
 
 import anyio
 
-from ..errors import MultipartFileError
+from micropie.core.errors import MultipartFileError
 
 
 class _Source(Protocol):

@@ -50,14 +50,14 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from .concurrency import collapse_excgroups
-from .types import Receive
-from .websocket._lifetime import going_away_soon
-from .websocket._pump import sweep
+from micropie.core.concurrency import collapse_excgroups
+from micropie.core.types import Receive
+from micropie.websocket._lifetime import going_away_soon
+from micropie.websocket._pump import sweep
 
 if TYPE_CHECKING:
-    from .multipart import MultipartForm
-    from .websocket import WebSocket
+    from micropie.http.multipart import MultipartForm
+    from micropie.websocket import WebSocket
 
 __all__ = [
     "SWEEP_INTERVAL",

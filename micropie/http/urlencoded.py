@@ -27,7 +27,7 @@ import re
 
 import anyio.lowlevel
 
-from .errors import HTTPError
+from micropie.core.errors import HTTPError
 
 __all__ = ["WINDOW", "UrlencodedParser"]
 

@@ -25,10 +25,10 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
-from .concurrency import collapse_excgroups
-from .disconnect import watch_for_disconnect
-from .errors import ClientDisconnected, is_send_failure
-from .types import Message, RawHeaders, Receive, Send
+from micropie.core.concurrency import collapse_excgroups
+from micropie.core.errors import ClientDisconnected, is_send_failure
+from micropie.core.types import Message, RawHeaders, Receive, Send
+from micropie.lifetimes.disconnect import watch_for_disconnect
 
 __all__ = ["CLOSE_GRACE", "answer_head", "iterate", "send_stream"]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import HTTPError
+from micropie.core.errors import HTTPError
 
 #: Longest boundary RFC 2046 allows; a longer one is a malformed request.
 MAX_BOUNDARY_LENGTH = 70

@@ -18,11 +18,11 @@ from typing import Protocol, TypeVar
 import anyio
 import anyio.to_thread
 
-from . import json_codec
-from .errors import ClientDisconnected, HTTPError
-from .request import Request
-from .types import Message, Receive
-from .urlencoded import UrlencodedParser
+from micropie.core import json_codec
+from micropie.core.errors import ClientDisconnected, HTTPError
+from micropie.core.types import Message, Receive
+from micropie.http.request import Request
+from micropie.http.urlencoded import UrlencodedParser
 
 __all__ = [
     "BODY_METHODS",

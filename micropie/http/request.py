@@ -11,7 +11,7 @@ from contextvars import ContextVar
 from typing import Any, Generic, TypeVar, cast
 from urllib.parse import parse_qs
 
-from .types import Scope
+from micropie.core.types import Scope
 
 _V = TypeVar("_V")
 

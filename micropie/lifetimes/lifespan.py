@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.abc
 
-from .allocator import keep_receive_buffers_off_mmap
-from .hypercorn_glue import fix_loaded_hypercorn
-from .types import Message, Receive, Scope, Send
+from micropie.core.allocator import keep_receive_buffers_off_mmap
+from micropie.core.types import Message, Receive, Scope, Send
+from micropie.serving.hypercorn_glue import fix_loaded_hypercorn
 
 if TYPE_CHECKING:
-    from .app import App
+    from micropie.app import App
 
 __all__ = ["AppLifetime"]
 

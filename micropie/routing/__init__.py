@@ -6,8 +6,8 @@ are routes: names starting with ``_`` or ``ws_``, anything the ``App`` base clas
 (``serve``, ``run``, ``request`` …), properties and other data attributes are never routes, and
 looking a name up never evaluates a property.
 
-Turning the request into the handler's arguments is ``micropie.binding``'s job; its names are
-re-exported here so that callers can keep writing ``routing.bind_http`` and the like.
+Turning the request into the handler's arguments is ``micropie.routing.binding``'s job; its names
+are re-exported here so that callers can keep writing ``routing.bind_http`` and the like.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from .binding import (
+from micropie.routing.binding import (
     MISSING,
     BindingError,
     HandlerPlan,

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 
-from .types import ASGIApp, Message, Receive, Scope, Send
+from micropie.core.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from hypercorn.config import Config, Sockets

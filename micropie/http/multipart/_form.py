@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.lowlevel
 
-from ..errors import ClientDisconnected, HTTPError, MultipartFileError
-from ..routing import MISSING
-from ._boundary import _MALFORMED, MAX_BOUNDARY_LENGTH, parse_boundary
-from ._upload import UploadStream
+from micropie.core.errors import ClientDisconnected, HTTPError, MultipartFileError
+from micropie.http.multipart._boundary import _MALFORMED, MAX_BOUNDARY_LENGTH, parse_boundary
+from micropie.http.multipart._upload import UploadStream
+from micropie.routing import MISSING
 
 try:
     from multipart import MultipartError, MultipartSegment, PushMultipartParser
@@ -24,10 +24,10 @@ except ImportError:  # pragma: no cover - depends on the environment
     MULTIPART_INSTALLED = False
 
 if TYPE_CHECKING:
-    from ..app import App
-    from ..disconnect import ConnectionScope
-    from ..request import Request
-    from ..types import Message, Receive
+    from micropie.app import App
+    from micropie.core.types import Message, Receive
+    from micropie.http.request import Request
+    from micropie.lifetimes.disconnect import ConnectionScope
 
 logger = logging.getLogger("micropie")
 

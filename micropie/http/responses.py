@@ -18,8 +18,8 @@ import re
 from collections.abc import AsyncIterable, Iterable
 from typing import Any
 
-from . import json_codec
-from .types import RawHeaders, Send
+from micropie.core import json_codec
+from micropie.core.types import RawHeaders, Send
 
 __all__ = [
     "PlainResponse",

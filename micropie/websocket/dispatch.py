@@ -30,17 +30,17 @@ from weakref import WeakKeyDictionary
 
 import anyio.abc
 
-from . import routing
-from .request import Request, WebSocketRequest, current_request
-from .sessions import (
+from micropie import routing
+from micropie.core.types import Receive, Scope, Send
+from micropie.http.request import Request, WebSocketRequest, current_request
+from micropie.sessions import (
     SessionState,
     assign_websocket_session,
     checked_session_id,
     load_sent_session,
     save_websocket_session,
 )
-from .types import Receive, Scope, Send
-from .websocket import (
+from micropie.websocket import (
     DEFAULT_MAX_MESSAGE_SIZE,
     INTERNAL_ERROR,
     Refused,
@@ -48,10 +48,10 @@ from .websocket import (
     close_message,
     only_connection_closed,
 )
-from .websocket._lifetime import enter_lifetime, exit_lifetime, finish, going_away
+from micropie.websocket._lifetime import enter_lifetime, exit_lifetime, finish, going_away
 
 if TYPE_CHECKING:
-    from .app import App
+    from micropie.app import App
 
 __all__ = ["WebSocketConnection"]
 
@@ -229,7 +229,7 @@ def _route(app: App, request: WebSocketRequest) -> tuple[Callable[..., Any], rou
     Middleware may name the handler in ``request._ws_route_handler`` and set
     ``request.path_params`` (kept when non-empty, as for HTTP). No index fallback.
     """
-    from .app import App as base
+    from micropie.app import App as base
 
     path = request.path.lstrip("/")
     segments = path.split("/") if path else []

@@ -74,17 +74,17 @@ The package: ``_form`` holds ``MultipartForm`` (pulling, limits, failures) and `
 boundary parser.
 """
 
-from ._boundary import MAX_BOUNDARY_LENGTH as MAX_BOUNDARY_LENGTH
-from ._boundary import parse_boundary
-from ._form import (
+from micropie.http.multipart._boundary import MAX_BOUNDARY_LENGTH as MAX_BOUNDARY_LENGTH
+from micropie.http.multipart._boundary import parse_boundary
+from micropie.http.multipart._form import (
     CHECKPOINT_EVERY,
     DISCONNECT_GRACE,
     MULTIPART_INSTALLED,
     MultipartForm,
     open_form,
 )
-from ._form import MESSAGE_COST as MESSAGE_COST
-from ._upload import UploadStream
+from micropie.http.multipart._form import MESSAGE_COST as MESSAGE_COST
+from micropie.http.multipart._upload import UploadStream
 
 __all__ = [
     "CHECKPOINT_EVERY",

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
-from .errors import HTTPError
+from micropie.core.errors import HTTPError
 
 __all__ = [
     "MISSING",

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from .request import Request
+    from micropie.http.request import Request
 
 __all__ = [
     "SESSION_TIMEOUT",

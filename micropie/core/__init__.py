@@ -1,0 +1,1 @@
+"""The ground floor: ASGI types, errors, JSON, and concurrency helpers every layer uses."""

@@ -1,0 +1,1 @@
+"""HTTP requests and responses: parsing, bodies, uploads, streaming."""

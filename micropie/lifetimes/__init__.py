@@ -1,0 +1,1 @@
+"""How long things live: the disconnect sweeper, connection scopes and tasks, the app's lifespan."""
