@@ -368,7 +368,7 @@ class Broadcast:
             stack.callback(self._hub.remove, forward)
             await self._backend.listen(channel)
             if forward._error is None:  # it can fail while Redis confirms the subscription
-                with anyio.CancelScope() as forward._scope:
+                with forward._block_scope():
                     yield forward
         if forward._error is not None:
             raise forward._error

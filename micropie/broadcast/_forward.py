@@ -33,18 +33,15 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 
 from micropie.broadcast._errors import BroadcastError
-from micropie.broadcast._local import Overflow, _Member
+from micropie.broadcast._local import Message, Overflow, _Channel, _Member
 from micropie.websocket import ConnectionClosed, ConnectionNotOpen
-
-if TYPE_CHECKING:
-    from micropie.broadcast._local import _Channel
 
 logger = logging.getLogger("micropie")
 
@@ -112,6 +109,25 @@ class Forward(_Member):
         self._scope: anyio.CancelScope | None = None  # the block's, cancelled on failure
         self._error: BaseException | None = None  # what leaving the block raises
 
+    def offer(self, message: Message) -> int:
+        """Queue ``message`` for sending, never waiting, and put the forward in the pool's
+        ready queue unless it is there (or being sent to, or held); return how many messages
+        were dropped to make room (0 or 1). The channel calls it for each message published:
+        an application publishes instead."""
+        queue = self._queue
+        if len(queue) < self.queue_size and not self._closed:  # _accepts, inlined: hot path
+            queue.append(message)
+            if not self._scheduled:  # not waiting for a worker, nor being sent to
+                self._scheduled = True
+                self._pool.schedule(self)
+            return 0
+        return self._overflow(message)
+
+    def close(self) -> None:
+        """Nothing more is sent to it (what is queued is dropped). The broadcast calls it
+        when it shuts down; leaving the ``forward`` block does the same and more."""
+        self._end(discard=True)
+
     def start(self) -> None:
         """Begin sending, for a forward made with ``start=False``: what was published since
         the block was entered (at most ``queue_size`` messages) goes first. Idempotent."""
@@ -126,14 +142,9 @@ class Forward(_Member):
     def _disconnect(self) -> None:
         self._fail(self._slow_error())
 
-    def _close(self) -> None:
-        """Nothing more is sent to it (what is queued is dropped)."""
-        self._closed = True
-        self._queue.clear()
-
     def _fail(self, error: BaseException) -> None:
         """End the forward and cancel its block, which raises ``error`` when left."""
-        self._close()
+        self.close()
         if self._error is None:
             self._error = error
         if self._scope is not None:
@@ -141,7 +152,7 @@ class Forward(_Member):
 
     async def leave(self) -> None:
         """Close it and wait (bounded, shielded) for a send in progress to it to end."""
-        self._close()
+        self.close()
         worker = self._sender
         if worker is None:
             return
@@ -151,6 +162,11 @@ class Forward(_Member):
             await left.wait()
         if self._sender is not None:
             logger.debug("A send to a forward of %r outlived its block", self.channel)
+
+    def _block_scope(self) -> anyio.CancelScope:
+        """The scope of the ``forward`` block, which a failure cancels (see ``_fail``)."""
+        self._scope = anyio.CancelScope()
+        return self._scope
 
     def _send_ended(self) -> None:
         self._sender = None
@@ -263,7 +279,7 @@ class DeliveryPool:
                     await forward._send(message.data)
                 except _GONE:
                     logger.debug("Forwarding %r ended: the client is gone", forward.channel)
-                    forward._close()
+                    forward.close()
                 except (KeyboardInterrupt, SystemExit):
                     raise
                 except BaseException as error:
@@ -314,7 +330,7 @@ def _send_failed(forward: Forward, error: BaseException) -> None:
     ``BroadcastError``: it is not the handler's own), unless the block was left already."""
     if forward._left is not None:
         logger.debug("A send to a forward of %r failed after it was left", forward.channel)
-        forward._close()
+        forward.close()
         return
     if isinstance(error, anyio.get_cancelled_exc_class()):
         cancelled = error

@@ -11,15 +11,12 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import anyio
 import anyio.lowlevel
 
 from micropie.broadcast._errors import BroadcastError, SlowSubscriber, SubscriptionClosed
-
-if TYPE_CHECKING:
-    from micropie.broadcast._forward import Forward
 
 #: What to do when a subscriber's queue is full (see the ``micropie.broadcast`` docstring).
 Overflow = Literal["drop_oldest", "disconnect"]
@@ -33,12 +30,36 @@ class Message:
     data: str
 
 
+class Recipient(Protocol):
+    """What a channel delivers to besides the subscriptions it wakes: a ``Forward``, whose
+    messages the delivery workers send (see ``_forward``).
+
+    A protocol, so that this module, below ``_forward``, imports nothing from it: the
+    forward itself decides what a delivery does to its queue and its worker.
+    """
+
+    @property
+    def channel(self) -> str:
+        """The name of the channel it receives."""
+        ...
+
+    def offer(self, message: Message) -> int:
+        """Queue ``message`` without waiting; return how many messages were dropped."""
+        ...
+
+    def close(self) -> None:
+        """Nothing more will be delivered (the broadcast shuts down)."""
+        ...
+
+
 class _Member:
     """A subscriber's bounded queue of messages on one channel, and its overflow policy.
 
     What a ``Subscription`` (read by its own task) and a ``Forward`` (sent by the delivery
-    workers) have in common: the channel appends to ``_queue`` without ever waiting, and a
-    full queue applies ``overflow`` (see the ``micropie.broadcast`` docstring).
+    workers) have in common: a delivery appends to ``_queue`` without ever waiting, and a
+    full queue applies ``overflow`` (see the ``micropie.broadcast`` docstring). The slots
+    declared here change only through the methods defined here (``_accepts``, ``_overflow``,
+    ``_end``); a subclass reads them.
     """
 
     __slots__ = (
@@ -67,6 +88,16 @@ class _Member:
     def queued(self) -> int:
         """Messages delivered and not read (or sent) yet: never more than ``queue_size``."""
         return len(self._queue)
+
+    def _accepts(self) -> bool:
+        """A delivery may append to ``_queue``: it is open and not full."""
+        return len(self._queue) < self.queue_size and not self._closed
+
+    def _end(self, *, discard: bool) -> None:
+        """Nothing more will be delivered; drop what is queued if ``discard``."""
+        self._closed = True
+        if discard:
+            self._queue.clear()
 
     def _overflow(self, message: Message) -> int:
         """``message`` arrives and the queue is full (or closed); 1 if a message was dropped."""
@@ -126,9 +157,7 @@ class Subscription(_Member):
     def _close(self, *, discard: bool = False) -> None:
         """No more messages: a reader gets what is queued (unless ``discard``), then the end
         (``SubscriptionClosed``, or ``SlowSubscriber`` after an overflow, which discards)."""
-        self._closed = True
-        if discard:
-            self._queue.clear()
+        self._end(discard=discard)
         self._channel.wake_closed(self)
 
     def _closed_error(self) -> BroadcastError:
@@ -212,14 +241,18 @@ class _Channel:
     def __init__(self, name: str) -> None:
         self.name = name
         self.subscribers: dict[Subscription, None] = {}  # a set that keeps join order
-        self.forwards: dict[Forward, None] = {}  # sent by delivery workers (see _forward)
+        self.forwards: dict[Recipient, None] = {}  # sent by delivery workers (see _forward)
         self.parked: deque[Subscription] = deque()  # readers waiting, in arrival order
         self._running = 0  # readers woken that have not resumed yet
         self.new_event = _event_factory()
 
     def deliver(self, message: Message) -> int:
         """Queue ``message`` for every subscriber, never waiting; return how many messages
-        were dropped to make room (see ``Subscription._overflow``)."""
+        were dropped to make room (see ``_Member._overflow``).
+
+        The subscriptions' test is written out here rather than called (``_accepts``): this
+        loop runs once per subscriber per message. A forward decides for itself (``offer``).
+        """
         dropped = 0
         for subscription in self.subscribers:  # nothing here awaits: the dict cannot change
             queue = subscription._queue
@@ -228,14 +261,7 @@ class _Channel:
             else:
                 dropped += subscription._overflow(message)
         for forward in self.forwards:
-            queue = forward._queue
-            if len(queue) < forward.queue_size and not forward._closed:
-                queue.append(message)
-                if not forward._scheduled:  # not waiting for a worker, nor being sent to
-                    forward._scheduled = True
-                    forward._pool.schedule(forward)
-            else:
-                dropped += forward._overflow(message)
+            dropped += forward.offer(message)
         self.wake_ready()
         return dropped
 
@@ -301,18 +327,21 @@ class _Hub:
         found.subscribers[subscription] = None
         return subscription
 
-    def add_forward(self, forward: Forward) -> None:
-        forward._channel.forwards[forward] = None
+    def add_forward(self, forward: Recipient) -> None:
+        self.channel(forward.channel).forwards[forward] = None
 
-    def remove(self, member: Subscription | Forward) -> None:
+    def remove(self, member: Subscription | Recipient) -> None:
         channel = self._channels.get(member.channel)
-        if channel is not None and channel is member._channel:
-            if isinstance(member, Subscription):
-                channel.subscribers.pop(member, None)
-            else:
-                channel.forwards.pop(member, None)
-            if not channel.subscribers and not channel.forwards:
-                del self._channels[channel.name]
+        if channel is None:
+            return
+        if isinstance(member, Subscription):
+            if channel is not member._channel:
+                return  # its channel ended, and another of that name began since
+            channel.subscribers.pop(member, None)
+        else:
+            channel.forwards.pop(member, None)
+        if not channel.subscribers and not channel.forwards:
+            del self._channels[channel.name]
 
     def wanted(self, channel: str) -> bool:
         return channel in self._channels
@@ -328,7 +357,7 @@ class _Hub:
     def close_all(self) -> None:
         for channel in self._channels.values():
             for subscription in channel.subscribers:
-                subscription._closed = True
+                subscription._end(discard=False)
             for forward in channel.forwards:
-                forward._close()
+                forward.close()
             channel.wake_ready()  # every parked reader is closed now: a prefix of all
