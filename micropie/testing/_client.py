@@ -132,7 +132,13 @@ class TestClient(httpx.AsyncClient):
             )
         request = _websocket_request(self, path, subprotocols, headers)
         session = WebSocketSession(
-            _websocket_scope(request, transport, list(subprotocols or [])),
+            _websocket_scope(
+                request,
+                list(subprotocols or []),
+                client=transport.client,
+                root_path=transport.root_path,
+                state=transport.state,
+            ),
             transport,
             f"The app call for WebSocket {request.url.raw_path.decode()}",
         )

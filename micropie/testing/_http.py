@@ -4,6 +4,7 @@ runs each request as one (see the package docstring for streaming and disconnect
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any
 
 import anyio
@@ -210,7 +211,8 @@ class _ASGITransport(httpx.AsyncBaseTransport):
             raise
         if exchange.status is None:
             return await self._no_response(exchange)
-        return _TestResponse(exchange.status, exchange.headers, _ResponseStream(exchange, self))
+        body = _ResponseStream(exchange.read_chunk, partial(self.close_exchange, exchange))
+        return _TestResponse(exchange.status, exchange.headers, body)
 
     async def _no_response(self, exchange: _HTTPExchange) -> httpx.Response:
         await self.close_exchange(exchange)  # re-raises the app's exception if configured to

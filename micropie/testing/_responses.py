@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from types import AsyncGeneratorType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import httpx
-
-if TYPE_CHECKING:
-    from micropie.testing._http import _ASGITransport, _HTTPExchange
 
 _T = TypeVar("_T")
 
@@ -18,23 +15,29 @@ class _ResponseStream(httpx.AsyncByteStream):
     """The response body as httpx reads it; closing it early is the client disconnecting.
 
     A plain async iterator, not an async generator: nothing for trio to find abandoned.
+    ``read_chunk`` gives the next chunk (``None`` at the end), ``close`` ends the exchange;
+    both come from the transport (``_http``), which this module does not import.
     """
 
-    def __init__(self, exchange: _HTTPExchange, transport: _ASGITransport) -> None:
-        self._exchange = exchange
-        self._transport = transport
+    def __init__(
+        self,
+        read_chunk: Callable[[], Awaitable[bytes | None]],
+        close: Callable[[], Awaitable[None]],
+    ) -> None:
+        self._read_chunk = read_chunk
+        self._close = close
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self
 
     async def __anext__(self) -> bytes:
-        chunk = await self._exchange.read_chunk()
+        chunk = await self._read_chunk()
         if chunk is None:
             raise StopAsyncIteration
         return chunk
 
     async def aclose(self) -> None:
-        await self._transport.close_exchange(self._exchange)
+        await self._close()
 
 
 class _BufferedStream(httpx.AsyncByteStream):

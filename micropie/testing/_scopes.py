@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import base64
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
 from micropie.core.types import Scope
-
-if TYPE_CHECKING:
-    from micropie.testing._http import _ASGITransport
 
 #: 2.3: ``send()`` after a disconnect is dropped silently (2.4 would make it raise ``OSError``).
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
@@ -72,16 +69,23 @@ def _websocket_request(
 
 
 def _websocket_scope(
-    request: httpx.Request, transport: _ASGITransport, offered: list[str]
+    request: httpx.Request,
+    offered: list[str],
+    *,
+    client: tuple[str, int],
+    root_path: str,
+    state: dict[str, Any],
 ) -> Scope:
+    """The ``websocket`` scope of the handshake ``request``, offering ``offered``
+    subprotocols (the other arguments as for ``_build_scope``)."""
     scheme = {"http": "ws", "https": "wss"}.get(request.url.scheme, request.url.scheme)
     scope = _build_scope(
         "websocket",
         request.url.copy_with(scheme=scheme),
         request.headers,
-        client=transport.client,
-        root_path=transport.root_path,
-        state=transport.state,
+        client=client,
+        root_path=root_path,
+        state=state,
     )
     scope["subprotocols"] = offered
     return scope
