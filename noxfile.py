@@ -111,10 +111,12 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff check (with the ASYNC rules) and ruff format --check."""
-    session.install(*group("lint"))
+    """ruff check (with the ASYNC rules), ruff format --check, and lint-imports: the layers
+    and the import cycles (contracts in pyproject.toml)."""
+    session.install("-e", ".", *group("lint"))  # lint-imports reads the installed package
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    session.run("lint-imports")
 
 
 @nox.session
