@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from broadcast_fixtures import channel, url  # noqa: F401 - the broadcast tests' fixtures
+
+from tests.support.broadcast_fixtures import channel, url  # noqa: F401 - the broadcast tests' fixtures
 
 
 @pytest.fixture(params=["asyncio", "trio"])

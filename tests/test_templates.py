@@ -12,10 +12,10 @@ from typing import Any
 
 import jinja2
 import pytest
-from asgi import attach, http_scope, run_app
 
 import micropie.templates
 from micropie import App, InMemorySessionBackend
+from tests.support.asgi import attach, http_scope, run_app
 
 pytestmark = pytest.mark.anyio
 

@@ -1,0 +1,1 @@
+"""micropie.broadcast: subscribe, forward, memory and Redis backends."""

@@ -1,0 +1,1 @@
+"""The MicroPie compatibility contract, feature by feature."""

@@ -1,0 +1,1 @@
+"""The documentation's code samples (docs_src/), run as the pages show them."""

@@ -1,0 +1,1 @@
+"""The examples/ apps, end to end."""

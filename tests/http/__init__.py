@@ -1,0 +1,1 @@
+"""micropie.http: requests, bodies, multipart, streaming, bad input, end to end."""

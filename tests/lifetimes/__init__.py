@@ -1,0 +1,1 @@
+"""micropie.lifetimes: lifespan, disconnect watching, connection tasks."""

@@ -1,0 +1,1 @@
+"""micropie.serving and ``python -m micropie``: hypercorn, workers, shutdown."""

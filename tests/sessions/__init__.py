@@ -1,0 +1,1 @@
+"""micropie.sessions: session backends."""

@@ -1,0 +1,1 @@
+"""micropie.testing: the TestClient and its WebSocket sessions."""

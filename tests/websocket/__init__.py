@@ -1,0 +1,1 @@
+"""micropie.websocket: the WebSocket object, its dispatch, end to end."""
