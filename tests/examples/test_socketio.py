@@ -14,14 +14,11 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+import socketio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from examples.socketio.app import create_app
 from tests.support.servers import running_server
-
-socketio = pytest.importorskip("socketio")
-pytest.importorskip("aiohttp")  # python-socketio's AsyncClient needs it
-
-from examples.socketio.app import create_app  # noqa: E402 - after the skip checks
 
 pytestmark = pytest.mark.anyio
 
