@@ -189,7 +189,8 @@ class App:
         if kind == "http":
             await self._http(scope, receive, send)
         elif kind == "websocket":
-            async with WebSocketConnection(self, scope, receive, send) as handler_call:
+            connection = WebSocketConnection(self, scope, receive, send, self._sweeper, App)
+            async with connection as handler_call:
                 if handler_call is not None:
                     await handler_call  # here, not a frame further down (see WebSocketConnection)
         elif kind == "lifespan":

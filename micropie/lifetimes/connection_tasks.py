@@ -2,9 +2,9 @@
 
 A WebSocket connection sometimes needs tasks beside its handler: the receive pump of a handler
 that stopped reading, the 1001 close at server shutdown, and the user's ``ws.start_soon``
-tasks. Most connections need none of them, and a task group per connection costs about a
-kilobyte of memory and a few microseconds even when no task is ever started (measured with
-``benchmarks/websocket.py``: memory per idle connection was 1.36x a raw ASGI app's).
+tasks. Most connections need none of them, and a task group per connection costs memory and
+time even when no task is ever started: enough to miss the memory target per idle connection
+of ``benchmarks/websocket.py`` (figures in ``benchmarks/README.md``).
 
 So the tasks run in a task group that outlives every connection (the app's, from its lifespan)
 and the connection keeps them on a short leash, as a task group of its own would:

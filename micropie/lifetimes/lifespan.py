@@ -125,7 +125,7 @@ class AppLifetime:
     def begin_shutdown(self) -> None:
         if self.stopping is not None:
             self.stopping.set()
-        self._app._sweeper.close_websockets()
+        self._app._sweeper.begin_shutdown()
 
     def _running_group(self) -> anyio.abc.TaskGroup:
         if self._task_group is None:

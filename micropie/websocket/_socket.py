@@ -1,28 +1,71 @@
-"""``WebSocket``: what a ``ws_`` handler is given, its settings, and what it does per message.
+"""``WebSocket``: what a ``ws_`` handler is given, and every change of its connection's state.
 
-See the package docstring for the theory of operation.
+The state machine
+-----------------
+Every transition of a connection happens in a method of this module's ``WebSocket``: no other
+module writes its attributes (``_lifetime`` and ``dispatch`` call the methods below, marked
+*framework*). The handler's API and the framework's side live in one class because both change
+the same state, and one object per connection is all an open connection pays for.
+
+``_state``: ``CONNECTING`` → ``OPEN`` → ``CLOSED``
+    ``accept()`` opens (reading ``websocket.connect`` itself unless the framework did, see
+    ``_handshake_done``). Every way the connection ends sets ``_close_info`` (why) together
+    with ``CLOSED``, so ``_close_info is not None`` means "over" and nothing reads ``receive()``
+    after it: the handler's ``close()`` (``_closed_by_handler``; its later sends raise
+    ``RuntimeError``), ``_client_left`` (a disconnect, a failed send) and
+    ``_closing_for_framework`` (after the handler, at shutdown, on a protocol error).
+
+Send turn: ``_sending``, ``_send_waiters``
+    One send at a time among those that take the turn (``_take_send_turn``): the handler, its
+    tasks and the pump may all send. The uncontended case is the flag alone; an
+    ``anyio.Event`` exists only while sends wait. A direct send (``_send_message``) skips the
+    turn on servers whose ``send()`` cannot fail.
+
+Reading: ``_reading``, ``_reads``, ``_reads_at_last_sweep``, ``_sends_since_read``, ``_inbox``
+    The handler reads ``receive()`` itself while it waits in ``receive_*()`` (``_reading``).
+    Each round the app's sweeper calls ``_swept()``: a handler that has read nothing since the
+    last round and is not reading now gets a *pump* (``_start_pump``), a task that reads for it
+    from then on into ``_inbox`` (``INBOX_SIZE`` messages, so a handler that does not read stops
+    the server reading the socket). A message that is not for the handler (a disconnect, one
+    over ``_max_message_size``, a type a server must not send) goes to ``_reject``, which ends
+    the connection.
+
+Serving: ``_host``, ``_handler_scope``, ``_tasks``
+    ``_begin_serving`` enters the handler's cancel scope and says where the connection's tasks
+    run (the sweeper's task group, or the connection's own); ``_end_serving`` leaves it and
+    refuses new tasks; ``_close_tasks`` cancels and awaits them. Once the connection is over
+    the handler gets ``HANDLER_GRACE_AFTER_CLOSE`` seconds before its scope is cancelled
+    (``_end_soon``, a deadline, not a task); at graceful shutdown ``_going_away_soon`` closes
+    with 1001 from a task and then does the same.
+
+Per message the cost is what an echo benchmark against a raw ASGI app measures
+(``benchmarks/websocket.py``): ``receive_*``/``send_*`` hand back the one coroutine that does the
+work instead of awaiting it (each frame between the app and the server is paid at every
+suspension, and kept alive by every open connection), and sends take a flag, not a lock.
 """
 
 from __future__ import annotations
 
+import enum
 import inspect
+import logging
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar, cast
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
-from anyio.streams.memory import MemoryObjectReceiveStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from micropie.core import json_codec
 from micropie.core.types import Message, Receive, Scope, Send
 from micropie.http.request import WebSocketRequest
 from micropie.lifetimes.connection_tasks import ConnectionTasks
-from micropie.sessions import (
-    format_session_cookie,
-    validate_session_id,
-)
+from micropie.sessions import format_session_cookie, validate_session_id
 from micropie.websocket._errors import (
+    _GOING_AWAY,
+    _TOO_BIG,
+    INTERNAL_ERROR,
     ConnectionClosed,
     ConnectionNotOpen,
     check_close_code,
@@ -36,15 +79,8 @@ from micropie.websocket._messages import (
     _too_big,
     server_send_cannot_fail,
 )
-from micropie.websocket._pump import next_from_pump, reject
-from micropie.websocket._state import (
-    _CLOSED,
-    _CONNECTING,
-    _OPEN,
-    connection_tasks,
-    end_send_turn,
-    take_send_turn,
-)
+
+logger = logging.getLogger("micropie")
 
 _T = TypeVar("_T")
 
@@ -57,7 +93,32 @@ DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
 #: the event loop first (see ``WebSocket._send_frame``).
 SENDS_BETWEEN_CHECKPOINTS = 8
 
+#: Seconds a handler may keep running once its connection is over (the client left, the
+#: framework closed it, or the server is shutting down) before it is cancelled. Long enough for
+#: a handler that sees ``ConnectionClosed`` to clean up, short enough that a push-only loop
+#: stops well within a second. Cleanup that needs longer belongs in ``after_websocket`` (which
+#: runs after the handler, uncancelled) or in a shielded scope.
+HANDLER_GRACE_AFTER_CLOSE = 0.5
+
+#: Messages read ahead of the handler. Small, so a handler that does not read soon stops the
+#: server from reading the socket instead of buffering without bound.
+INBOX_SIZE = 8
+
+#: Seconds allowed for sending close 1001 when the server shuts the connection down.
+SHUTDOWN_CLOSE_TIMEOUT = 1.0
+
 _NOT_ACCEPTED = "WebSocket connection not accepted"
+
+
+class _State(enum.Enum):
+    CONNECTING = "connecting"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+# Module constants, not ``_State.OPEN`` at each use: the state is checked on every message, and
+# a global lookup is cheaper than an attribute lookup on the enum class.
+_CONNECTING, _OPEN, _CLOSED = _State.CONNECTING, _State.OPEN, _State.CLOSED
 
 
 class WebSocket:
@@ -122,10 +183,10 @@ class WebSocket:
         #: The subprotocol chosen in ``accept`` (``None`` when there is none).
         self.subprotocol: str | None = None
         self._state = _CONNECTING
-        self._connect_pending = True  # WebSocketConnection reads websocket.connect itself
+        self._connect_pending = True  # accept() reads websocket.connect (see _handshake_done)
         self._closed_by_handler = False
         self._close_info: tuple[int, str] | None = None  # why it is over, once it is
-        self._sending = False  # a send is in progress (see _state.take_send_turn)
+        self._sending = False  # a send is in progress (see _take_send_turn)
         self._send_waiters: anyio.Event | None = None
         self._send_direct = False  # set by accept (see _send_message)
         self._inbox: MemoryObjectReceiveStream[Message] | None = None
@@ -134,7 +195,7 @@ class WebSocket:
         self._handler_scope: anyio.CancelScope | None = None
         self._max_message_size: int | None = None
         self._reading = False  # the handler is waiting in receive() itself
-        self._reads = 0  # messages the handler has read, for the sweeper (see _pump.sweep)
+        self._reads = 0  # messages the handler has read, for the sweeper (see _swept)
         self._reads_at_last_sweep = -1
         self._sends_since_read = 0  # see _send_frame
 
@@ -154,10 +215,6 @@ class WebSocket:
         code, reason = self._close_info or (1006, "")
         return ConnectionClosed(code, reason)
 
-    # Every way the connection ends is one of the three transitions below (``close()``, the
-    # handler's own, is the third): each sets ``_close_info`` with ``_state = _CLOSED``, so
-    # ``_close_info is not None`` means "over" and nothing reads ``receive()`` after it.
-
     def _client_left(self, code: int, reason: str) -> None:
         """The client is gone (or the server says so): ``code``/``reason`` unless the
         connection was already over for another reason."""
@@ -169,7 +226,7 @@ class WebSocket:
         """The framework closes the connection (after the handler, at shutdown, on a protocol
         error): ``True`` if the caller should now send the close, ``False`` if the connection
         is over already. Not the handler's own close: sends after it raise
-        ``ConnectionClosed``, and ``_pump.end_soon`` still cancels a handler that lingers.
+        ``ConnectionClosed``, and ``_end_soon`` still cancels a handler that lingers.
         """
         if self._close_info is not None:
             return False
@@ -178,6 +235,16 @@ class WebSocket:
         return True
 
     # --- handshake -------------------------------------------------------------------------
+
+    def _handshake_done(
+        self, session_id: str | None, new_session: bool, max_message_size: int | None
+    ) -> None:
+        """*Framework*: it read ``websocket.connect``, routed the connection and chose its
+        session; ``accept`` sends the session cookie when ``new_session``."""
+        self._connect_pending = False
+        self.session_id = session_id
+        self._session_cookie_pending = new_session
+        self._max_message_size = max_message_size
 
     async def accept(self, subprotocol: str | None = None, session_id: str | None = None) -> None:
         """Accept the connection; nothing can be sent or received before this.
@@ -210,12 +277,12 @@ class WebSocket:
             headers.append((b"Set-Cookie", cookie.encode("latin-1")))
             self._session_cookie_pending = False
         message = {"type": "websocket.accept", "subprotocol": subprotocol, "headers": headers}
-        await take_send_turn(self)
+        await self._take_send_turn()
         try:
             await self._send_or_closed(message)
             self._state = _OPEN
         finally:
-            end_send_turn(self)
+            self._end_send_turn()
         self.subprotocol = subprotocol
         # Direct sends hand back the server's own awaitable, which must be a coroutine like the
         # one ``send_text`` returns otherwise (``asyncio.create_task`` takes only those).
@@ -247,7 +314,7 @@ class WebSocket:
             raise ConnectionNotOpen(_NOT_ACCEPTED)
         while True:
             if self._inbox is not None:
-                message = await next_from_pump(self, self._inbox, iterating)
+                message = await self._next_from_pump(self._inbox, iterating)
                 return convert(message)
             if self._close_info is not None:
                 if iterating:
@@ -278,7 +345,7 @@ class WebSocket:
             # Anything else ends the connection (a disconnect, a message over the limit, a
             # type the server must not send), so the loop goes round at most once more and
             # then raises: never a second ``receive()`` for one that returned at once.
-            await reject(self, message)
+            await self._reject(message)
 
     def receive(self) -> Coroutine[Any, Any, str | bytes]:
         """The next message: ``str`` for a text frame, ``bytes`` for a binary one (awaitable).
@@ -307,7 +374,113 @@ class WebSocket:
     def __anext__(self) -> Coroutine[Any, Any, str | bytes]:
         return self._next_message(_payload, True)  # iterating
 
+    # --- the pump: reading for a handler that does not ------------------------------------
+
+    def _swept(self) -> None:
+        """*Framework*, every sweeper round: start a pump for a handler that stopped reading.
+
+        A handler that has read nothing since the last round and is not waiting in
+        ``receive()`` now (a push-only loop, a long computation) would not notice the client
+        leaving; the pump reads for it from then on. A handler that keeps reading never pays
+        for a pump.
+
+        It also forgets the handler's sends in a row (see ``_send_frame``): the sweeper runs
+        only when the event loop does, so the sends before this did not starve it. A push
+        handler that waits elsewhere between sends (a broadcast, a timer) then never pays the
+        checkpoint; one that spins without yielding cannot let the sweeper run, and still
+        yields every ``SENDS_BETWEEN_CHECKPOINTS`` sends.
+        """
+        self._sends_since_read = 0
+        if self._inbox is not None or self._reading or self._host is None:
+            return
+        if self._reads == self._reads_at_last_sweep:
+            self._start_pump()
+        self._reads_at_last_sweep = self._reads
+
+    def _start_pump(self) -> None:
+        tasks = self._connection_tasks("The pump needs a connection that is being served")
+        inbox_send, self._inbox = anyio.create_memory_object_stream[Message](INBOX_SIZE)
+        tasks.start_soon(self._pump, inbox_send)
+
+    async def _pump(self, inbox: MemoryObjectSendStream[Message]) -> None:
+        """Own ``receive()`` for a handler that does not read: feed its inbox, notice the
+        client leaving, and cancel the handler ``HANDLER_GRACE_AFTER_CLOSE`` after that."""
+        with inbox:
+            # Not one ``receive()`` once the connection is over, the app's own close included: a
+            # server (or a test double) that answers at once would make this loop spin.
+            while self._close_info is None:
+                try:
+                    message = await self._receive()
+                except Exception:
+                    message = _receive_failed()
+                if message.get("type") != "websocket.receive" or _too_big(
+                    message, self._max_message_size
+                ):
+                    await self._reject(message)  # ends the connection
+                    return
+                await inbox.send(message)  # a checkpoint, whatever ``receive()`` did
+
+    async def _next_from_pump(
+        self, inbox: MemoryObjectReceiveStream[Message], iterating: bool
+    ) -> Message:
+        """The next message the pump read; once the connection is over, only those it already
+        read (the pump may still wait in a ``receive()`` that will never give more)."""
+        try:
+            if self._close_info is None:
+                message = await inbox.receive()
+            else:
+                message = inbox.receive_nowait()
+        except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+            if iterating:
+                raise StopAsyncIteration from None
+            raise self._connection_closed() from None
+        self._reads += 1
+        self._sends_since_read = 0
+        return message
+
+    async def _reject(self, message: Message) -> None:
+        """A message that is not for the handler ends the connection: a disconnect, one too
+        big, or a type a server must not send now (a second ``websocket.connect``, a typo): a
+        protocol error, closed with 1011 so that the client is not left waiting, and logged
+        once."""
+        kind = message.get("type")
+        if kind == "websocket.disconnect":
+            self._client_left(message.get("code", 1005), message.get("reason") or "")
+        elif kind == "websocket.receive":
+            await self._close_in_turn(*_TOO_BIG)
+        else:
+            logger.warning(
+                "WebSocket %s: the server sent an unexpected ASGI message %r; closing with 1011",
+                self.request.path,
+                kind,
+            )
+            await self._close_in_turn(*INTERNAL_ERROR)
+        self._end_soon()
+
     # --- sending ---------------------------------------------------------------------------
+
+    async def _take_send_turn(self) -> None:
+        """Wait until no other send is in progress, then hold the turn (``_end_send_turn``
+        frees it).
+
+        ``anyio.Lock`` would do, but even uncontended it costs a task lookup and a cancellation
+        check per acquire, and a deque per connection: a large share of the framework's cost
+        per echo. Here the uncontended case is the ``_sending`` flag (``_send_frame`` tests it
+        inline), and an ``anyio.Event`` exists only while sends wait. Two slots rather than a
+        gate object: one object less per connection.
+        """
+        while self._sending:
+            if self._send_waiters is None:
+                self._send_waiters = anyio.Event()
+            await self._send_waiters.wait()
+        self._sending = True
+
+    def _end_send_turn(self) -> None:
+        """Free the turn; every waiting send re-checks and the first to run takes it."""
+        self._sending = False
+        waiters, self._send_waiters = self._send_waiters, None
+        if waiters is not None:
+            waiters.set()
 
     async def _send_or_closed(self, message: Message) -> None:
         """Hand ``message`` to the server; a server that says the peer is gone (``OSError``,
@@ -326,13 +499,13 @@ class WebSocket:
             # read yield once (the pump or the server can then report the disconnect). Not
             # every one: a push handler usually waits elsewhere between sends (a broadcast, a
             # timer), and a checkpoint per message cost fan-out a task switch per delivery.
-            # The sweeper resets the count every tick (``_pump.sweep``): a handler that let
-            # the loop run since does not starve it, so fan-out (one send per message, each
+            # The sweeper resets the count every round (``_swept``): a handler that let the
+            # loop run since does not starve it, so fan-out (one send per message, each
             # subscriber in step) no longer pays 1,000 task switches on every 8th message.
             self._sends_since_read = 0
             await anyio.lowlevel.checkpoint()
         if self._sending:
-            await take_send_turn(self)
+            await self._take_send_turn()
         else:
             self._sending = True  # the uncontended case, without a call
         try:
@@ -350,7 +523,7 @@ class WebSocket:
         finally:
             self._sending = False
             if self._send_waiters is not None:
-                end_send_turn(self)
+                self._end_send_turn()
         self._sends_since_read += 1
 
     def _send_message(self, message: Message) -> Coroutine[Any, Any, None]:
@@ -417,6 +590,8 @@ class WebSocket:
         else:
             raise ValueError(f"Unexpected message type: {kind}")
 
+    # --- closing ---------------------------------------------------------------------------
+
     async def close(self, code: int = 1000, reason: str | None = None) -> None:
         """Close the connection with ``code`` and ``reason``.
 
@@ -430,7 +605,7 @@ class WebSocket:
         ``ConnectionClosed`` with this code.
         """
         check_close_code(code)
-        await take_send_turn(self)
+        await self._take_send_turn()
         try:
             if self._state is not _OPEN:
                 return
@@ -439,9 +614,122 @@ class WebSocket:
             self._close_info = (code, reason or "")
             await self._send_or_closed(close_message(code, reason or ""))
         finally:
-            end_send_turn(self)
+            self._end_send_turn()
 
-    # --- tasks ---------------------------------------------------------------------------
+    async def _close_in_turn(self, code: int, reason: str) -> None:
+        """Close with ``code`` unless the connection is over already; in its send turn, so that
+        the close comes after a send in progress."""
+        await self._take_send_turn()
+        try:
+            if self._closing_for_framework(code, reason):
+                try:
+                    await self._send(close_message(code, reason))
+                except OSError:
+                    logger.debug("Could not send close %s", code, exc_info=True)
+        finally:
+            self._end_send_turn()
+
+    async def _close_quietly(self, code: int, reason: str) -> None:
+        """Send close ``code`` unless the connection is over already; a failed send is the
+        client gone, nothing to report."""
+        if not self._closing_for_framework(code, reason):
+            return
+        try:
+            await self._send(close_message(code, reason))
+        except Exception:
+            logger.debug("Could not send WebSocket close %s", code, exc_info=True)
+
+    async def _finish(self, failed: bool) -> None:
+        """*Framework*, after the handler: close the connection if the handler left it open
+        (1000, or 1011 after an error)."""
+        code, reason = INTERNAL_ERROR if failed else (1000, "")
+        await self._close_quietly(code, reason)
+
+    async def _going_away(self) -> None:
+        """*Framework*, server shutdown: close with 1001 unless the connection is over,
+        shielded and bounded.
+
+        The handler then sees ``ConnectionClosed(1001)`` from its sends and receives, not the
+        ``RuntimeError`` of a connection it closed itself.
+        """
+        with anyio.move_on_after(SHUTDOWN_CLOSE_TIMEOUT, shield=True):
+            await self._close_quietly(*_GOING_AWAY)
+
+    def _going_away_soon(self) -> None:
+        """*Framework*, graceful server shutdown: close with 1001 now (from a task of the
+        connection), cancel the handler after the grace."""
+        if self._host is not None:
+            self._connection_tasks("").start_soon(self._leave)
+
+    async def _leave(self) -> None:
+        await self._going_away()
+        # Every handler, even one that had closed the connection itself: the server is going.
+        self._cancel_after_grace()
+
+    def _end_soon(self) -> None:
+        """The connection is over: the handler gets ``HANDLER_GRACE_AFTER_CLOSE`` to notice and
+        finish (a handler blocked elsewhere, or one that ignores ``ConnectionClosed``, is
+        cancelled). A handler that closed the connection itself is trusted to finish on its
+        own."""
+        if not self._closed_by_handler:
+            self._cancel_after_grace()
+
+    def _cancel_after_grace(self) -> None:
+        """Cancel the handler ``HANDLER_GRACE_AFTER_CLOSE`` from now if it is still running.
+
+        A deadline on the handler's scope rather than a task that sleeps: nothing to start.
+        """
+        scope = self._handler_scope
+        if scope is not None:
+            scope.deadline = min(scope.deadline, anyio.current_time() + HANDLER_GRACE_AFTER_CLOSE)
+
+    # --- serving: the handler's scope and the connection's tasks ----------------------------
+
+    def _begin_serving(self, host: anyio.abc.TaskGroup, swept: bool) -> None:
+        """*Framework*, in the handler's task just before the handler runs: enter its cancel
+        scope; the connection's tasks run in ``host``. Without a sweeper (``swept`` false)
+        the pump starts at once: nobody would notice a handler that does not read."""
+        self._host = host
+        self._handler_scope = scope = anyio.CancelScope()
+        if not swept:
+            self._start_pump()
+        scope.__enter__()
+
+    def _end_serving(self, error: BaseException | None) -> bool:
+        """*Framework*, the handler is done (``error``: what it raised): leave its scope and
+        refuse new tasks. Returns whether the scope swallowed ``error`` (a cancellation of
+        ours: the grace after close, shutdown, a failed task)."""
+        scope = self._handler_scope
+        assert scope is not None
+        self._host = None
+        if error is None:
+            return bool(scope.__exit__(None, None, None))
+        return bool(scope.__exit__(type(error), error, error.__traceback__))
+
+    async def _close_tasks(self, failure: BaseException | None) -> None:
+        """*Framework*, after ``_end_serving``: cancel and await the connection's tasks; raise
+        what they raised (with ``failure``, the handler's own exception, as a group)."""
+        tasks = self._tasks
+        if tasks is not None:
+            await tasks.close()
+        if self._inbox is not None:
+            self._inbox.close()
+        if tasks is None or not tasks.errors:
+            return
+        errors: list[BaseException] = [*tasks.errors]
+        if failure is not None:
+            errors.insert(0, failure)
+        if len(errors) == 1:
+            raise errors[0]
+        raise BaseExceptionGroup("WebSocket connection tasks failed", errors)
+
+    def _connection_tasks(self, refusal: str) -> ConnectionTasks:
+        """The connection's tasks, made on first use: most connections never start one."""
+        if self._tasks is None:
+            if self._host is None or self._handler_scope is None:
+                raise RuntimeError(refusal)
+            self._tasks = ConnectionTasks(self._host, self._handler_scope.cancel)
+        return self._tasks
 
     def start_soon(self, function: Callable[..., Any], *args: Any) -> None:
         """Run ``function(*args)`` in a task that lives exactly as long as the connection.
@@ -450,6 +738,6 @@ class WebSocket:
         cancelled); if it raises, the handler is cancelled and the connection closes with 1011.
         ``RuntimeError`` when the connection is not being served.
         """
-        connection_tasks(self, "start_soon() needs a connection that is being served").start_soon(
+        self._connection_tasks("start_soon() needs a connection that is being served").start_soon(
             function, *args
         )

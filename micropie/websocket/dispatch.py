@@ -1,6 +1,7 @@
 """Serving one WebSocket connection: handshake, routing, binding, sessions, middleware.
 
-The steps, in order (the connection's own lifetime is ``websocket._lifetime``'s job):
+The steps, in order (the connection's own lifetime is ``websocket._lifetime``'s job, its
+state ``WebSocket``'s):
 
 1. **Handshake.** Read ``websocket.connect``, load the session, run ``before_websocket``,
    route (``/chat/x`` → ``ws_chat(ws, "x")``, ``/`` → ``ws_index``) and bind the arguments
@@ -16,16 +17,21 @@ The steps, in order (the connection's own lifetime is ``websocket._lifetime``'s 
 4. **Server shutdown.** A cancellation from outside (hypercorn cancels connections when its
    ``graceful_timeout`` ends) sends close 1001 from a shielded, time-bounded scope and then
    propagates; ``after_websocket`` and the session save do not run.
+
+What it needs of the app is ``WebSocketApp`` (settings and middleware) and two values the app
+passes in: its sweeper and the base class whose own methods are not routes. While its handler
+runs, the connection is one of the things the sweeper sweeps (``lifetimes.sweeper.Swept``).
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+import math
+from collections.abc import Awaitable, Callable, Sequence
 from contextvars import Token
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from weakref import WeakKeyDictionary
 
 import anyio.abc
@@ -33,7 +39,9 @@ import anyio.abc
 from micropie import routing
 from micropie.core.types import Receive, Scope, Send
 from micropie.http.request import Request, WebSocketRequest, current_request
+from micropie.lifetimes.sweeper import DisconnectSweeper
 from micropie.sessions import (
+    SessionSettings,
     SessionState,
     assign_websocket_session,
     checked_session_id,
@@ -41,27 +49,43 @@ from micropie.sessions import (
     save_websocket_session,
 )
 from micropie.websocket import (
-    DEFAULT_MAX_MESSAGE_SIZE,
     INTERNAL_ERROR,
     Refused,
     WebSocket,
     close_message,
     only_connection_closed,
 )
-from micropie.websocket._lifetime import enter_lifetime, exit_lifetime, finish, going_away
+from micropie.websocket._lifetime import enter_lifetime, exit_lifetime
 
-if TYPE_CHECKING:
-    from micropie.app import App
-
-__all__ = ["WebSocketConnection"]
+__all__ = ["WebSocketApp", "WebSocketConnection", "WebSocketHooks"]
 
 logger = logging.getLogger("micropie")
+
+
+class WebSocketHooks(Protocol):
+    """What a WebSocket middleware offers (``micropie.WebSocketMiddleware`` has it)."""
+
+    async def before_websocket(self, request: Request) -> dict[str, Any] | None: ...
+
+    async def after_websocket(self, request: Request) -> None: ...
+
+
+class WebSocketApp(SessionSettings, Protocol):
+    """What serving a WebSocket connection reads of the app (``App`` has it): the session
+    settings, the WebSocket middleware and the message size limit."""
+
+    @property
+    def ws_middlewares(self) -> Sequence[WebSocketHooks]: ...
+
+    @property
+    def ws_max_message_size(self) -> int | None: ...
 
 
 class WebSocketConnection:
     """One WebSocket connection being served, as ``App.__call__`` runs it::
 
-        async with WebSocketConnection(app, scope, receive, send) as handler_call:
+        connection = WebSocketConnection(self, scope, receive, send, self._sweeper, App)
+        async with connection as handler_call:
             if handler_call is not None:
                 await handler_call
 
@@ -80,10 +104,32 @@ class WebSocketConnection:
     after the handler and ``after_websocket`` (deleted when emptied), not after an error.
     """
 
-    __slots__ = ("_app", "_handler_error", "_own_group", "_serving", "_state", "_token", "_ws")
+    __slots__ = (
+        "_app",
+        "_base",
+        "_handler_error",
+        "_own_group",
+        "_serving",
+        "_state",
+        "_sweeper",
+        "_token",
+        "_ws",
+    )
 
-    def __init__(self, app: App, scope: Scope, receive: Receive, send: Send) -> None:
+    def __init__(
+        self,
+        app: WebSocketApp,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        sweeper: DisconnectSweeper,
+        base: type,
+    ) -> None:
+        """``sweeper``: the app's, which sweeps the connection while its handler runs;
+        ``base``: the class whose own methods are not routes (``App``)."""
         self._app = app
+        self._sweeper = sweeper
+        self._base = base
         self._ws = WebSocket(
             receive,
             send,
@@ -117,7 +163,9 @@ class WebSocketConnection:
             call = await self._handshake()
             if call is None:
                 return None
-            self._own_group = await enter_lifetime(ws, self._app._sweeper)
+            self._own_group = await enter_lifetime(ws, self._sweeper.task_group)
+            if self._own_group is None:
+                self._sweeper.register(self)
             self._serving = True
             try:
                 result = call()
@@ -139,11 +187,10 @@ class WebSocketConnection:
             has_cookie = request._sent_cookies() is not None
             self._state = state = await load_sent_session(app, request, has_cookie)
             await _before_websocket(app, request)
-            handler, plan = _route(app, request)
-            ws._connect_pending = False
+            handler, plan = _route(app, request, self._base)
             args, kwargs = _bind(plan, ws, request)
-            ws.session_id, ws._session_cookie_pending = await assign_websocket_session(app, state)
-            ws._max_message_size = getattr(app, "ws_max_message_size", DEFAULT_MAX_MESSAGE_SIZE)
+            session_id, new_session = await assign_websocket_session(app, state)
+            ws._handshake_done(session_id, new_session, app.ws_max_message_size)
         except Refused as refused:
             await ws._send(close_message(refused.code, refused.reason))
             return None
@@ -171,11 +218,12 @@ class WebSocketConnection:
         app, ws = self._app, self._ws
         request = ws.request
         error = raised if raised is not None else self._handler_error
-        sweeper = app._sweeper if self._own_group is None else None
-        error = await exit_lifetime(ws, sweeper, self._own_group, error)
+        if self._own_group is None:
+            self._sweeper.unregister(self)
+        error = await exit_lifetime(ws, self._own_group, error)
         if error is not None and not isinstance(error, Exception):
             # A cancellation from outside (server shutdown), alone or in a group: say goodbye.
-            await going_away(ws)
+            await ws._going_away()
             if error is raised:
                 return False
             raise error
@@ -187,15 +235,29 @@ class WebSocketConnection:
         failed = not await _after_websocket(app, request) or failed
         if not failed:
             failed = not await _save_session(app, request, ws, self._state)
-        await finish(ws, failed)
+        await ws._finish(failed)
         return True
+
+    # --- what the sweeper calls (``lifetimes.sweeper.Swept``) ---------------------------------
+
+    def sweep(self, now: float, new_round: bool, task_group: anyio.abc.TaskGroup) -> float:
+        """Each round: a pump for a handler that stopped reading (see ``WebSocket._swept``)."""
+        if new_round:
+            self._ws._swept()
+        return math.inf
+
+    def going_away(self) -> None:
+        """Graceful shutdown: close with 1001 now, cancel the handler after the grace."""
+        self._ws._going_away_soon()
 
 
 #: One session-id checker per app, shared by its connections (``WebSocket.session_id_validator``).
-_SESSION_ID_CHECKERS: WeakKeyDictionary[App, Callable[[str], str | None]] = WeakKeyDictionary()
+_SESSION_ID_CHECKERS: WeakKeyDictionary[WebSocketApp, Callable[[str], str | None]] = (
+    WeakKeyDictionary()
+)
 
 
-def _session_id_checker(app: App) -> Callable[[str], str | None]:
+def _session_id_checker(app: WebSocketApp) -> Callable[[str], str | None]:
     checker = _SESSION_ID_CHECKERS.get(app)
     if checker is None:
         checker = _SESSION_ID_CHECKERS[app] = partial(checked_session_id, app)
@@ -205,14 +267,14 @@ def _session_id_checker(app: App) -> Callable[[str], str | None]:
 # --- the steps ----------------------------------------------------------------------------
 
 
-async def _before_websocket(app: App, request: WebSocketRequest) -> None:
+async def _before_websocket(app: WebSocketApp, request: WebSocketRequest) -> None:
     for middleware in app.ws_middlewares:
         result = await middleware.before_websocket(request)
         if result:
             raise Refused(result.get("code", 1008), result.get("reason", "Middleware rejected"))
 
 
-async def _after_websocket(app: App, request: WebSocketRequest) -> bool:
+async def _after_websocket(app: WebSocketApp, request: WebSocketRequest) -> bool:
     """Run every ``after_websocket``; return ``False`` if one raised (it is logged)."""
     for middleware in app.ws_middlewares:
         try:
@@ -223,14 +285,14 @@ async def _after_websocket(app: App, request: WebSocketRequest) -> bool:
     return True
 
 
-def _route(app: App, request: WebSocketRequest) -> tuple[Callable[..., Any], routing.HandlerPlan]:
+def _route(
+    app: WebSocketApp, request: WebSocketRequest, base: type
+) -> tuple[Callable[..., Any], routing.HandlerPlan]:
     """``/chat/x`` → ``ws_chat`` with path parameters ``["x"]``; ``/`` → ``ws_index``.
 
     Middleware may name the handler in ``request._ws_route_handler`` and set
     ``request.path_params`` (kept when non-empty, as for HTTP). No index fallback.
     """
-    from micropie.app import App as base
-
     path = request.path.lstrip("/")
     segments = path.split("/") if path else []
     name = segments[0] if segments else "index"
@@ -276,7 +338,7 @@ def _bind(
 
 
 async def _save_session(
-    app: App, request: WebSocketRequest, ws: WebSocket, state: SessionState | None
+    app: WebSocketApp, request: WebSocketRequest, ws: WebSocket, state: SessionState | None
 ) -> bool:
     """Save (or delete) the session under the connection's id; ``False`` if that failed."""
     if ws.session_id is None:

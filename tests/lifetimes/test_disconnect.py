@@ -85,7 +85,7 @@ async def test_fifty_clients_leaving_leave_no_task_behind(with_lifespan: bool) -
                     await app.all_cleaned_up.wait()
         assert len(anyio.get_running_tasks()) == baseline
     assert all(client.pending_receives == 0 for client in clients)
-    assert app._sweeper._in_flight == set()
+    assert app._sweeper.registered == 0
 
 
 async def test_a_quick_request_never_reads_receive(with_lifespan: bool) -> None:

@@ -19,7 +19,7 @@ import pytest
 
 from examples.websockets.app import MyApp
 from micropie import App, ConnectionClosed, WebSocket, WebSocketMiddleware
-from micropie.websocket import DISCONNECT_GRACE
+from micropie.websocket import HANDLER_GRACE_AFTER_CLOSE
 from tests.support.servers import running_server
 from tests.support.ws_clients import Closed, ws_connect
 
@@ -279,7 +279,7 @@ async def test_shutdown_sends_1001_then_cancels_a_sleeping_and_a_pushing_handler
     anyio_backend: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """``begin_shutdown`` (``app.serve()`` calls it when its scope is cancelled): 1001 at once,
-    the sleeping handler cancelled ``DISCONNECT_GRACE`` later, the push loop ended by
+    the sleeping handler cancelled ``HANDLER_GRACE_AFTER_CLOSE`` later, the push loop ended by
     ``ConnectionClosed``; all well before hypercorn's own ``graceful_timeout``; no ERROR log."""
     app = Lingering()
     ready = [anyio.Event(), anyio.Event()]
@@ -308,9 +308,9 @@ async def test_shutdown_sends_1001_then_cancels_a_sleeping_and_a_pushing_handler
     assert codes == {"sleep": 1001, "push": 1001}
     outcome, cancelled_at = app.events["sleep"]
     assert outcome == "cancelled"
-    assert DISCONNECT_GRACE - 0.05 <= cancelled_at - began < DISCONNECT_GRACE + 1
+    assert HANDLER_GRACE_AFTER_CLOSE - 0.05 <= cancelled_at - began < HANDLER_GRACE_AFTER_CLOSE + 1
     outcome, ended_at = app.events["push"]
     assert outcome == "ConnectionClosed 1001"
-    assert ended_at - began < DISCONNECT_GRACE
+    assert ended_at - began < HANDLER_GRACE_AFTER_CLOSE
     assert stopped - began < 3  # not hypercorn's 5 s graceful timeout
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

@@ -22,7 +22,7 @@ import anyio
 import pytest
 
 from micropie import App, ConnectionClosed, WebSocket
-from micropie.websocket import DISCONNECT_GRACE
+from micropie.websocket import HANDLER_GRACE_AFTER_CLOSE
 from tests.support.drive import lifespan
 
 pytestmark = pytest.mark.anyio
@@ -202,7 +202,7 @@ async def test_a_handler_that_ignores_the_end_is_cancelled_after_the_grace(
     started = anyio.current_time()
     await serve(Ignores(session_cookie_secure=False), "/ignore", server, with_lifespan)
     assert outcome == ["cancelled"]
-    assert anyio.current_time() - started < DISCONNECT_GRACE + 1
+    assert anyio.current_time() - started < HANDLER_GRACE_AFTER_CLOSE + 1
     assert server.receive_calls == 2
 
 

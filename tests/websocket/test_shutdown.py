@@ -1,5 +1,5 @@
 """Graceful shutdown of WebSockets in-process: close 1001 at once, the handler cancelled
-``DISCONNECT_GRACE`` later, whatever it is doing; nothing logged as an error.
+``HANDLER_GRACE_AFTER_CLOSE`` later, whatever it is doing; nothing logged as an error.
 
 ``app.begin_shutdown()`` is what ``app.serve()`` and ``python -m micropie`` call when a shutdown
 starts (tests/test_websocket_e2e.py checks the same on a real hypercorn). The client here answers
@@ -18,7 +18,7 @@ import anyio
 import pytest
 
 from micropie import App, ConnectionClosed, WebSocket
-from micropie.websocket import DISCONNECT_GRACE
+from micropie.websocket import HANDLER_GRACE_AFTER_CLOSE
 from tests.support.drive import lifespan
 
 pytestmark = pytest.mark.anyio
@@ -125,7 +125,7 @@ async def test_a_sleeping_handler_gets_1001_then_is_cancelled_after_the_grace(
     assert closed_at - began < 0.1  # at once
     assert [event for event, _ in app.events] == ["cancelled"]
     cancelled_after = app.events[0][1] - began
-    assert DISCONNECT_GRACE - 0.05 <= cancelled_after < DISCONNECT_GRACE + 0.4
+    assert HANDLER_GRACE_AFTER_CLOSE - 0.05 <= cancelled_after < HANDLER_GRACE_AFTER_CLOSE + 0.4
     assert no_errors(caplog) == []
 
 
@@ -152,5 +152,5 @@ async def test_a_handler_that_closed_itself_is_cancelled_at_shutdown_too(
         {"type": "websocket.close", "code": 1000, "reason": ""}
     ]  # its own close, and no 1001 after it
     assert [event for event, _ in app.events] == ["cancelled"]
-    assert app.events[0][1] - began < DISCONNECT_GRACE + 0.4
+    assert app.events[0][1] - began < HANDLER_GRACE_AFTER_CLOSE + 0.4
     assert no_errors(caplog) == []

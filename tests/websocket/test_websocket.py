@@ -33,12 +33,11 @@ from micropie import (
 )
 from micropie.websocket import (
     DEFAULT_MAX_MESSAGE_SIZE,
-    DISCONNECT_GRACE,
+    HANDLER_GRACE_AFTER_CLOSE,
     INBOX_SIZE,
     SENDS_BETWEEN_CHECKPOINTS,
 )
 from micropie.websocket._messages import server_send_cannot_fail
-from micropie.websocket._pump import sweep
 from tests.support.drive import lifespan
 
 pytestmark = pytest.mark.anyio
@@ -656,10 +655,10 @@ async def test_handler_blocked_elsewhere_is_cancelled_after_the_grace_period(
         elapsed = anyio.current_time() - left_at
     if blocked_in == "push loop":
         # The first send after the disconnect raises ConnectionClosed: no cancellation needed.
-        assert elapsed < DISCONNECT_GRACE
+        assert elapsed < HANDLER_GRACE_AFTER_CLOSE
     else:
         assert cancelled.is_set()
-        assert DISCONNECT_GRACE <= elapsed < DISCONNECT_GRACE + 0.5
+        assert HANDLER_GRACE_AFTER_CLOSE <= elapsed < HANDLER_GRACE_AFTER_CLOSE + 0.5
     assert recorder.calls == ["before", "after"]
 
 
@@ -1128,7 +1127,7 @@ async def test_a_send_yields_after_sends_in_a_row_unless_the_sweeper_ran() -> No
     assert await send_yields(ws)  # the ninth in a row yields, and is not sent
     for _ in range(SENDS_BETWEEN_CHECKPOINTS):
         assert not await send_yields(ws)
-    sweep(ws)  # what the sweeper does every SWEEP_INTERVAL
+    ws._swept()  # what the sweeper does every round (SWEEP_INTERVAL)
     for _ in range(SENDS_BETWEEN_CHECKPOINTS):
         assert not await send_yields(ws)
     assert await send_yields(ws)
