@@ -219,7 +219,7 @@ async def test_requests_and_responses(sample_modules: None) -> None:
 @pytest.mark.anyio
 async def test_sessions_login(sample_modules: None) -> None:
     app = load("sessions/app.py").app
-    async with TestClient(app, base_url="https://testserver") as client:
+    async with TestClient(app) as client:
         wrong = await client.post("/login", data={"username": "alice", "password": "x"})
         assert wrong.status_code == 401
         assert "set-cookie" not in wrong.headers
@@ -235,9 +235,9 @@ async def test_sessions_login(sample_modules: None) -> None:
 
 @pytest.mark.anyio
 async def test_sessions_secure_cookie_is_not_sent_over_http(sample_modules: None) -> None:
-    """What the sessions page warns about: http://testserver never sends the cookie back."""
+    """What the sessions page warns about: over plain http the cookie never comes back."""
     app = load("sessions/app.py").app
-    async with TestClient(app) as client:
+    async with TestClient(app, base_url="http://testserver") as client:
         await client.post("/login", data={"username": "alice", "password": "wonderland"})
         assert (await client.get("/me")).status_code == 401
 
@@ -245,7 +245,7 @@ async def test_sessions_secure_cookie_is_not_sent_over_http(sample_modules: None
 @pytest.mark.anyio
 async def test_sessions_custom_backend(sample_modules: None) -> None:
     module = load("sessions/backend.py")
-    async with TestClient(module.app, base_url="https://testserver") as client:
+    async with TestClient(module.app) as client:
         assert (await client.get("/")).text == "Visit number 1"
         assert (await client.get("/")).text == "Visit number 2"
     assert list(module.backend.rows.values()) == [{"visits": 2}]
@@ -507,7 +507,7 @@ async def test_deployment_embedded(sample_modules: None) -> None:
 @pytest.mark.anyio
 async def test_deployment_proxy_headers(sample_modules: None) -> None:
     app = load("deployment/proxy.py").app
-    async with TestClient(app) as client:
+    async with TestClient(app, base_url="http://testserver") as client:  # a plain-http hop
         direct = await client.get("/whoami")
         assert direct.json() == {"client": "127.0.0.1", "scheme": "http"}
         proxied = await client.get(
