@@ -243,7 +243,22 @@ def _route(app: App, request: WebSocketRequest) -> tuple[Callable[..., Any], rou
     if isinstance(found, routing.Lookup):
         raise Refused(1008, "No matching WebSocket route")
     raw, handler = found
-    return handler, routing.plan_for(raw, handler)
+    plan = routing.plan_for(raw, handler)
+    if not (plan.is_coroutine or _is_async_callable(handler)):
+        raise TypeError(
+            f"WebSocket handler {type(app).__name__}.{handler_name} must be an async def: it"
+            " is awaited, and so are ws.accept(), ws.receive() and ws.send_*()"
+        )
+    return handler, plan
+
+
+def _is_async_callable(handler: Callable[..., Any]) -> bool:
+    """An ``async def`` under a decorator (``functools.wraps``), or an object whose
+    ``__call__`` is one: what ``inspect.iscoroutinefunction`` alone does not see."""
+    unwrapped = inspect.unwrap(handler)
+    return inspect.iscoroutinefunction(unwrapped) or inspect.iscoroutinefunction(
+        getattr(unwrapped, "__call__", None)  # noqa: B004 - a callable object's method
+    )
 
 
 def _bind(
