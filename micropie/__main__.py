@@ -22,6 +22,7 @@ import argparse
 import importlib
 import logging
 import logging.config
+import platform
 import signal
 import sys
 from collections.abc import Sequence
@@ -46,13 +47,15 @@ DESCRIPTION = "Serve an ASGI application (a micropie App or any other) on hyperc
 EPILOG = """\
 examples:
   python -m micropie hello:app
-  python -m micropie hello:app --port 0 --backend asyncio
+  python -m micropie hello:app --port 0 --backend trio
   python -m micropie myproject.web:app --host 0.0.0.0 --workers 4
   python -m micropie hello:app --reload
 
 APP is MODULE:ATTRIBUTE. MODULE is an importable dotted name (the current directory is
 searched first) or a path to a .py file; ATTRIBUTE defaults to "app".
 With --port 0 a free port is chosen; the log line "Running on http://HOST:PORT" names it.
+The default backend is asyncio, as for hypercorn and uvicorn: a MicroPie app that calls
+asyncio-only code (asyncio.sleep, aiofiles) runs as it is; trio programs pass --backend trio.
 
 exit status: 0 clean shutdown, 1 server or worker failure (including a failed lifespan
 startup), 2 bad command line or unloadable app.
@@ -90,6 +93,7 @@ def _build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("app", metavar="APP", help="the application, as MODULE:ATTRIBUTE")
+    parser.add_argument("--version", action="version", version=version_line())
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
     )
@@ -98,8 +102,8 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--backend",
-        choices=["trio", "asyncio"],
-        default="trio",
+        choices=["asyncio", "trio"],
+        default="asyncio",
         help="event loop to run on (default: %(default)s)",
     )
     parser.add_argument(
@@ -121,15 +125,39 @@ def _build_parser() -> argparse.ArgumentParser:
         type=str.lower,
         help="log level of the server and the micropie logger (default: %(default)s)",
     )
+    parser.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log every request to stdout in hypercorn's access-log format",
+    )
     return parser
+
+
+def version_line() -> str:
+    """What ``--version`` prints: the distribution's name and version, the import name and the
+    Python that runs it (the distribution is not called ``micropie``: that is MicroPie 0.32)."""
+    from micropie import __version__
+
+    return (
+        f"micropie-anyio {__version__} (import name micropie) on Python {platform.python_version()}"
+    )
 
 
 def _serve_here(app: ASGIApp, args: argparse.Namespace, level: str) -> int:
     failure: Exception | None = None
     try:
-        run(app, host=args.host, port=args.port, backend=args.backend, loglevel=level)
+        run(
+            app,
+            host=args.host,
+            port=args.port,
+            backend=args.backend,
+            loglevel=level,
+            **_access_log_options(args),
+        )
     except KeyboardInterrupt:  # Ctrl-C before run() installed its signal handlers
         return EXIT_INTERRUPTED
+    except SystemExit as exited:  # run() logged the one line (an address it cannot bind)
+        return exited.code if isinstance(exited.code, int) else EXIT_FAILED
     except Exception as exc:
         failure = exc
     if failure is None:
@@ -199,7 +227,14 @@ def _worker_config(args: argparse.Namespace, level: str) -> Config:
     config.use_reloader = args.reload
     config.loglevel = level
     config.logconfig_dict = _logging_config(level)
+    for name, value in _access_log_options(args).items():
+        setattr(config, name, value)
     return config
+
+
+def _access_log_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Hypercorn's access log to stdout (``accesslog="-"``), in its default format."""
+    return {"accesslog": "-"} if args.access_log else {}
 
 
 if __name__ == "__main__":

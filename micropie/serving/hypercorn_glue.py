@@ -38,10 +38,12 @@ if TYPE_CHECKING:
     from hypercorn.typing import AppWrapper
 
 __all__ = [
+    "BindError",
     "LifespanNotSupportedError",
     "StartupWatcher",
     "bound_address",
     "config_class",
+    "create_sockets",
     "fix_hypercorn_trio_send_eof",
     "fix_loaded_hypercorn",
     "make_config",
@@ -154,6 +156,28 @@ def make_config(host: str, port: int, options: dict[str, Any]) -> Config:
         setattr(config, name, value)
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     return config
+
+
+class BindError(OSError):
+    """The server cannot listen on its address (in use, not permitted, not an address here).
+
+    An ``OSError`` with the original ``errno``, whose message names the address:
+    ``Cannot listen on 127.0.0.1:8000: Address already in use``.
+    """
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def create_sockets(config: Config) -> Sockets:
+    """``config.create_sockets()``, raising ``BindError`` (which names the address) for an
+    address that cannot be bound."""
+    try:
+        return config.create_sockets()
+    except OSError as error:
+        addresses = ", ".join(config.bind)
+        reason = error.strerror or str(error)
+        raise BindError(error.errno, f"Cannot listen on {addresses}: {reason}") from error
 
 
 def bound_address(sockets: Sockets) -> tuple[str, int]:
