@@ -14,6 +14,7 @@ from micropie.core.errors import MultipartFileError
 from micropie.http.multipart import MULTIPART_INSTALLED
 from micropie.http.request import Request, WebSocketRequest, current_request
 from micropie.middleware import HttpMiddleware, WebSocketMiddleware
+from micropie.routing.mount import url_path
 from micropie.sessions import SESSION_TIMEOUT, InMemorySessionBackend, SessionBackend
 from micropie.templates import JINJA_INSTALLED
 from micropie.websocket import ConnectionClosed, WebSocket
@@ -41,4 +42,5 @@ __all__ = [
     "WebSocketRequest",
     "__version__",
     "current_request",
+    "url_path",
 ]

@@ -40,6 +40,7 @@ from micropie.lifetimes.disconnect import ConnectionScope, DisconnectSweeper
 from micropie.lifetimes.lifespan import AppLifetime
 from micropie.middleware import HttpMiddleware, WebSocketMiddleware
 from micropie.routing import PendingForm
+from micropie.routing.mount import route_path
 from micropie.sessions import (
     SESSION_TIMEOUT,
     InMemorySessionBackend,
@@ -372,9 +373,10 @@ class App:
 
         MicroPie's rules: ``/a/b`` → ``a("b")``; an unknown name falls back to ``index``, which
         then gets every segment if it takes positional parameters; ``_private`` and ``ws_``
-        names are not routes unless middleware named one in ``request._route_handler``.
+        names are not routes unless middleware named one in ``request._route_handler``. Under a
+        ``root_path`` (a proxy's prefix), routing uses the path below it (``route_path``).
         """
-        path = request.path.lstrip("/")
+        path = route_path(request.scope).lstrip("/")
         segments = path.split("/") if path else []
         name = request.__dict__.get("_route_handler")
         if name is None:

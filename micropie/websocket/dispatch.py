@@ -33,6 +33,7 @@ import anyio.abc
 from micropie import routing
 from micropie.core.types import Receive, Scope, Send
 from micropie.http.request import Request, WebSocketRequest, current_request
+from micropie.routing.mount import route_path
 from micropie.sessions import (
     SessionState,
     assign_websocket_session,
@@ -227,11 +228,12 @@ def _route(app: App, request: WebSocketRequest) -> tuple[Callable[..., Any], rou
     """``/chat/x`` → ``ws_chat`` with path parameters ``["x"]``; ``/`` → ``ws_index``.
 
     Middleware may name the handler in ``request._ws_route_handler`` and set
-    ``request.path_params`` (kept when non-empty, as for HTTP). No index fallback.
+    ``request.path_params`` (kept when non-empty, as for HTTP). No index fallback. Under a
+    ``root_path`` (a proxy's prefix), routing uses the path below it (``route_path``).
     """
     from micropie.app import App as base
 
-    path = request.path.lstrip("/")
+    path = route_path(request.scope).lstrip("/")
     segments = path.split("/") if path else []
     name = segments[0] if segments else "index"
     if name.startswith("_"):

@@ -34,6 +34,7 @@ SAMPLES = ROOT / "docs_src"
 TESTED = {
     "deployment/app.py",
     "deployment/embed.py",
+    "deployment/prefix.py",
     "deployment/proxy.py",
     "fanout/chat.py",
     # run by tests/test_trio_send_eof.py, against real hypercorn trio workers:
@@ -514,6 +515,31 @@ async def test_deployment_proxy_headers(sample_modules: None) -> None:
             "/whoami", headers={"x-forwarded-for": "203.0.113.9", "x-forwarded-proto": "https"}
         )
         assert proxied.json() == {"client": "203.0.113.9", "scheme": "https"}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("prefix_in_path", [True, False], ids=["kept", "stripped"])
+async def test_deployment_under_a_prefix(sample_modules: None, prefix_in_path: bool) -> None:
+    """Whether the proxy keeps /shop in the path (hypercorn --root-path) or strips it."""
+    app = load("deployment/prefix.py").app
+    mount = "/shop" if prefix_in_path else ""
+    async with TestClient(app, root_path="/shop") as client:
+        index = await client.get(f"{mount}/")
+        assert index.text == '<a href="/shop/cart">cart</a>'
+        cart = await client.get(f"{mount}/cart")
+        assert cart.json() == {"items": [], "root_path": "/shop"}
+        checkout = await client.get(f"{mount}/checkout")
+        assert (checkout.status_code, checkout.headers["location"]) == (302, "/shop/cart")
+        async with client.websocket_connect(f"{mount}/updates") as ws:
+            assert await ws.receive_text() == "updates for /shop/cart"
+
+
+@pytest.mark.anyio
+async def test_deployment_prefix_sample_without_a_prefix(sample_modules: None) -> None:
+    app = load("deployment/prefix.py").app
+    async with TestClient(app) as client:
+        assert (await client.get("/")).text == '<a href="/cart">cart</a>'
+        assert (await client.get("/checkout")).headers["location"] == "/cart"
 
 
 # --- migration -----------------------------------------------------------------------------------
