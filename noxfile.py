@@ -87,13 +87,22 @@ SYSTEM_PACKAGES = {
 }
 
 
-def install_system_packages(session: nox.Session) -> None:
-    """apt-get install what the tests need and the machine lacks (as root, on Debian)."""
+def install_system_packages(session: nox.Session, *, whole_suite: bool) -> None:
+    """apt-get install what the tests need and the machine lacks (as root, on Debian).
+
+    Without root or apt-get the whole suite stops here, naming the packages (some of its tests
+    would fail anyway); a selection only warns, since it may not need them.
+    """
     missing = sorted({pkg for program, pkg in SYSTEM_PACKAGES.items() if not shutil.which(program)})
     if not missing:
         return
     if os.geteuid() != 0 or not shutil.which("apt-get"):
-        session.warn(f"install these Debian packages first: {' '.join(missing)}")
+        command = f"apt-get install -y {' '.join(missing)}"
+        why = "not root" if shutil.which("apt-get") else "no apt-get"
+        message = f"the tests need programs this machine lacks ({why}); install them: {command}"
+        if whole_suite:
+            session.error(message)
+        session.warn(f"{message} (tests of this selection that need them will fail)")
         return
     env = {"DEBIAN_FRONTEND": "noninteractive"}
     session.run("apt-get", "update", "-qq", external=True, env=env)
@@ -109,12 +118,12 @@ def tests(session: nox.Session) -> None:
     (servers started as subprocesses are not counted); the whole suite must reach
     ``COVERAGE_FLOOR``, a selection (a path, ``-k`` or ``-m``) has no floor.
     """
-    install_system_packages(session)
-    session.install("-e", ".[all]", *group("test"))
-    coverage = ["--cov=micropie", "--cov-branch", "--cov-report=term:skip-covered"]
     selects = any(
         arg in ("-k", "-m") or arg.startswith(("tests", "-k", "-m")) for arg in session.posargs
     )
+    install_system_packages(session, whole_suite=not selects)
+    session.install("-e", ".[all]", *group("test"))
+    coverage = ["--cov=micropie", "--cov-branch", "--cov-report=term:skip-covered"]
     if not selects:
         coverage.append(f"--cov-fail-under={COVERAGE_FLOOR}")
     session.run("python", "-m", "pytest", *coverage, *session.posargs)
