@@ -19,18 +19,17 @@ startup included), 2 for a bad command line or an app that cannot be loaded.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import logging.config
 import platform
 import signal
 import sys
 from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from micropie.core.types import ASGIApp
 from micropie.serving import run
+from micropie.serving.loading import AppLoadError, load_app
 from micropie.serving.supervisor import EXIT_FAILED, EXIT_OK, supervise
 
 if TYPE_CHECKING:
@@ -79,10 +78,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers > 0 or args.reload:
         return supervise(_worker_config(args, level))
     return _serve_here(app, args, level)
-
-
-class AppLoadError(Exception):
-    """The APP argument does not name an importable ASGI app."""
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -167,36 +162,6 @@ def _serve_here(app: ASGIApp, args: argparse.Namespace, level: str) -> int:
     logger.error("Server failed: %s", failure)
     logger.debug("Server failure details", exc_info=failure)
     return EXIT_FAILED
-
-
-def load_app(target: str) -> ASGIApp:
-    """Import MODULE:ATTRIBUTE (here, and in every worker process of the supervisor).
-
-    Raises ``AppLoadError`` when it names no module, no attribute or nothing callable.
-    """
-    module_name, _, attribute = target.partition(":")
-    attribute = attribute or "app"
-    path = Path(module_name)
-    if path.suffix == ".py" or path.is_file():
-        sys.path.insert(0, str(path.resolve().parent))
-        module_name = path.stem
-    else:
-        sys.path.insert(0, str(Path.cwd()))
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name == module_name or module_name.startswith(f"{exc.name}."):
-            raise AppLoadError(f"Cannot load {target!r}: no module named {exc.name!r}") from exc
-        raise
-    app: Any = module
-    for name in attribute.split("."):
-        try:
-            app = getattr(app, name)
-        except AttributeError:
-            raise AppLoadError(f"Cannot load {target!r}: no attribute {attribute!r}") from None
-    if not callable(app):
-        raise AppLoadError(f"Cannot load {target!r}: {attribute!r} is not an ASGI app")
-    return cast(ASGIApp, app)
 
 
 def _logging_config(level: str) -> dict[str, Any]:

@@ -68,8 +68,8 @@ def serve_worker(config: Config, sockets: Sockets, shutdown_event: Event) -> Non
     import anyio
     from hypercorn.utils import check_multiprocess_shutdown_event
 
-    from micropie.__main__ import load_app
     from micropie.serving import serve_on_sockets
+    from micropie.serving.loading import load_app
 
     app = load_app(config.application_path)
     anyio.run(
