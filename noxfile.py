@@ -180,6 +180,23 @@ def serve(session: nox.Session) -> None:
     )
 
 
+#: What MicroPie 0.32's examples import beyond micropie, and what scripts/compat_032.py uses.
+COMPAT_PACKAGES = ["httpx>=0.27", "websockets>=13.0", "pydantic>=2", "aiofiles>=23"]
+
+
+@nox.session
+def compat(session: nox.Session) -> None:
+    """MicroPie 0.32's own examples, unchanged, under micropie on asyncio; prints a table.
+
+    Downloads the MicroPie 0.32 sdist from PyPI when it runs (so it needs the network, and is
+    not one of the default sessions), serves each self-contained example with
+    ``python -m micropie`` and checks its answers over real HTTP and WebSockets
+    (scripts/compat_032.py). ``nox -s compat -- hello_world sessions`` runs some of them.
+    """
+    session.install("-e", ".[all]", *COMPAT_PACKAGES)
+    session.run("python", "scripts/compat_032.py", *session.posargs)
+
+
 @nox.session
 def bench(session: nox.Session) -> None:
     """Benchmarks (in-process and over the wire); not part of CI."""
