@@ -24,7 +24,9 @@ import asyncio
 import hashlib
 import inspect
 import logging
+import socket
 import sys
+import traceback
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
@@ -175,9 +177,22 @@ def create_sockets(config: Config) -> Sockets:
     try:
         return config.create_sockets()
     except OSError as error:
+        _close_sockets_left_open(error)
         addresses = ", ".join(config.bind)
         reason = error.strerror or str(error)
         raise BindError(error.errno, f"Cannot listen on {addresses}: {reason}") from error
+
+
+def _close_sockets_left_open(error: BaseException) -> None:
+    """Close the sockets ``Config.create_sockets`` made before ``error``: hypercorn leaves them
+    open (the one that failed to bind, and those bound before it), so they would leak until
+    garbage collection (a ``ResourceWarning``) in a process that carries on."""
+    for frame, _ in traceback.walk_tb(error.__traceback__):
+        for value in frame.f_locals.values():
+            candidates = value if isinstance(value, list) else [value]
+            for candidate in candidates:
+                if isinstance(candidate, socket.socket):
+                    candidate.close()
 
 
 def bound_address(sockets: Sockets) -> tuple[str, int]:
