@@ -19,17 +19,17 @@ startup included), 2 for a bad command line or an app that cannot be loaded.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import logging.config
+import platform
 import signal
 import sys
 from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from micropie.core.types import ASGIApp
 from micropie.serving import run
+from micropie.serving.loading import AppLoadError, load_app
 from micropie.serving.supervisor import EXIT_FAILED, EXIT_OK, supervise
 
 if TYPE_CHECKING:
@@ -46,13 +46,15 @@ DESCRIPTION = "Serve an ASGI application (a micropie App or any other) on hyperc
 EPILOG = """\
 examples:
   python -m micropie hello:app
-  python -m micropie hello:app --port 0 --backend asyncio
+  python -m micropie hello:app --port 0 --backend trio
   python -m micropie myproject.web:app --host 0.0.0.0 --workers 4
   python -m micropie hello:app --reload
 
 APP is MODULE:ATTRIBUTE. MODULE is an importable dotted name (the current directory is
 searched first) or a path to a .py file; ATTRIBUTE defaults to "app".
 With --port 0 a free port is chosen; the log line "Running on http://HOST:PORT" names it.
+The default backend is asyncio, as for hypercorn and uvicorn: a MicroPie app that calls
+asyncio-only code (asyncio.sleep, aiofiles) runs as it is; trio programs pass --backend trio.
 
 exit status: 0 clean shutdown, 1 server or worker failure (including a failed lifespan
 startup), 2 bad command line or unloadable app.
@@ -78,10 +80,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _serve_here(app, args, level)
 
 
-class AppLoadError(Exception):
-    """The APP argument does not name an importable ASGI app."""
-
-
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m micropie",
@@ -90,6 +88,7 @@ def _build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("app", metavar="APP", help="the application, as MODULE:ATTRIBUTE")
+    parser.add_argument("--version", action="version", version=version_line())
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
     )
@@ -98,8 +97,8 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--backend",
-        choices=["trio", "asyncio"],
-        default="trio",
+        choices=["asyncio", "trio"],
+        default="asyncio",
         help="event loop to run on (default: %(default)s)",
     )
     parser.add_argument(
@@ -121,15 +120,39 @@ def _build_parser() -> argparse.ArgumentParser:
         type=str.lower,
         help="log level of the server and the micropie logger (default: %(default)s)",
     )
+    parser.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log every request to stdout in hypercorn's access-log format",
+    )
     return parser
+
+
+def version_line() -> str:
+    """What ``--version`` prints: the distribution's name and version, the import name and the
+    Python that runs it (the distribution is not called ``micropie``: that is MicroPie 0.32)."""
+    from micropie import __version__
+
+    return (
+        f"micropie-anyio {__version__} (import name micropie) on Python {platform.python_version()}"
+    )
 
 
 def _serve_here(app: ASGIApp, args: argparse.Namespace, level: str) -> int:
     failure: Exception | None = None
     try:
-        run(app, host=args.host, port=args.port, backend=args.backend, loglevel=level)
+        run(
+            app,
+            host=args.host,
+            port=args.port,
+            backend=args.backend,
+            loglevel=level,
+            **_access_log_options(args),
+        )
     except KeyboardInterrupt:  # Ctrl-C before run() installed its signal handlers
         return EXIT_INTERRUPTED
+    except SystemExit as exited:  # run() logged the one line (an address it cannot bind)
+        return exited.code if isinstance(exited.code, int) else EXIT_FAILED
     except Exception as exc:
         failure = exc
     if failure is None:
@@ -139,36 +162,6 @@ def _serve_here(app: ASGIApp, args: argparse.Namespace, level: str) -> int:
     logger.error("Server failed: %s", failure)
     logger.debug("Server failure details", exc_info=failure)
     return EXIT_FAILED
-
-
-def load_app(target: str) -> ASGIApp:
-    """Import MODULE:ATTRIBUTE (here, and in every worker process of the supervisor).
-
-    Raises ``AppLoadError`` when it names no module, no attribute or nothing callable.
-    """
-    module_name, _, attribute = target.partition(":")
-    attribute = attribute or "app"
-    path = Path(module_name)
-    if path.suffix == ".py" or path.is_file():
-        sys.path.insert(0, str(path.resolve().parent))
-        module_name = path.stem
-    else:
-        sys.path.insert(0, str(Path.cwd()))
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name == module_name or module_name.startswith(f"{exc.name}."):
-            raise AppLoadError(f"Cannot load {target!r}: no module named {exc.name!r}") from exc
-        raise
-    app: Any = module
-    for name in attribute.split("."):
-        try:
-            app = getattr(app, name)
-        except AttributeError:
-            raise AppLoadError(f"Cannot load {target!r}: no attribute {attribute!r}") from None
-    if not callable(app):
-        raise AppLoadError(f"Cannot load {target!r}: {attribute!r} is not an ASGI app")
-    return cast(ASGIApp, app)
 
 
 def _logging_config(level: str) -> dict[str, Any]:
@@ -199,7 +192,14 @@ def _worker_config(args: argparse.Namespace, level: str) -> Config:
     config.use_reloader = args.reload
     config.loglevel = level
     config.logconfig_dict = _logging_config(level)
+    for name, value in _access_log_options(args).items():
+        setattr(config, name, value)
     return config
+
+
+def _access_log_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Hypercorn's access log to stdout (``accesslog="-"``), in its default format."""
+    return {"accesslog": "-"} if args.access_log else {}
 
 
 if __name__ == "__main__":

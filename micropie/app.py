@@ -40,6 +40,7 @@ from micropie.lifetimes.disconnect import ConnectionScope, DisconnectSweeper
 from micropie.lifetimes.lifespan import AppLifetime
 from micropie.middleware import HttpMiddleware, WebSocketMiddleware
 from micropie.routing import PendingForm
+from micropie.routing.mount import route_path
 from micropie.sessions import (
     SESSION_TIMEOUT,
     InMemorySessionBackend,
@@ -98,6 +99,31 @@ def _positive_or_none(name: str, value: float | None) -> None:
         raise ValueError(f"{name} must be positive or None")
 
 
+def _checked_session_backend(backend: object) -> SessionBackend:
+    """``backend``, or the in-memory default for ``None``; ``TypeError`` for anything that is
+    not a backend object (a class, a URL string...), which would otherwise fail every request
+    with a 500 instead of failing here."""
+    if backend is None:
+        return InMemorySessionBackend()
+    expected = (
+        "session_backend must be a session backend object with async load(session_id) and"
+        " save(session_id, data, timeout) methods, such as InMemorySessionBackend() or"
+        " micropie.sessions.redis.RedisSessionBackend(...)"
+    )
+    if isinstance(backend, type):
+        name = backend.__name__
+        raise TypeError(f"{expected}; got the class {name} itself: pass {name}()")
+    if isinstance(backend, str):
+        raise TypeError(
+            f"{expected}; got the string {backend!r} (for Redis:"
+            f" session_backend=RedisSessionBackend({backend!r}))"
+        )
+    missing = [name for name in ("load", "save") if not callable(getattr(backend, name, None))]
+    if missing:
+        raise TypeError(f"{expected}; got {backend!r}, which has no {' or '.join(missing)}()")
+    return backend  # type: ignore[return-value]  # duck-typed, as MicroPie's backends are
+
+
 class App:
     """A MicroPie application: subclass it and add methods; each public method is a route.
 
@@ -137,7 +163,7 @@ class App:
             raise ValueError("session_id_factory must be callable")  # noqa: TRY004 - MicroPie's
         if session_id_validator is not None and not callable(session_id_validator):
             raise ValueError("session_id_validator must be callable or None")
-        self.session_backend: SessionBackend = session_backend or InMemorySessionBackend()
+        self.session_backend: SessionBackend = _checked_session_backend(session_backend)
         self.body_timeout = body_timeout
         self.max_body_size = max_body_size
         self.max_form_field_size = max_form_field_size
@@ -348,9 +374,10 @@ class App:
 
         MicroPie's rules: ``/a/b`` → ``a("b")``; an unknown name falls back to ``index``, which
         then gets every segment if it takes positional parameters; ``_private`` and ``ws_``
-        names are not routes unless middleware named one in ``request._route_handler``.
+        names are not routes unless middleware named one in ``request._route_handler``. Under a
+        ``root_path`` (a proxy's prefix), routing uses the path below it (``route_path``).
         """
-        path = request.path.lstrip("/")
+        path = route_path(request.scope).lstrip("/")
         segments = path.split("/") if path else []
         name = request.__dict__.get("_route_handler")
         if name is None:

@@ -14,8 +14,10 @@ async mode on the event loop (it works under asyncio and trio alike). Autoescapi
 ``.html``, ``.htm`` and ``.xml`` templates. Users may replace ``app.env`` with their own
 environment; one created without ``enable_async`` is rendered in a worker thread instead.
 
-Without jinja2 installed, rendering logs an error and returns MicroPie's fallback text (the
-response status stays 200, as in MicroPie).
+Without jinja2 installed, rendering logs one line that says so and raises
+``TemplatesNotInstalled``, an ``HTTPError`` the app answers with a real 500 (MicroPie 0.32
+returned the text "500 Internal Server Error: Jinja2 not installed." with status 200, so
+monitoring saw a success).
 """
 
 from __future__ import annotations
@@ -27,22 +29,31 @@ from typing import Any
 
 import anyio.to_thread
 
+from micropie.core.errors import HTTPError
+
 #: Whether jinja2 can be imported. It is imported when the first environment is made, not with
 #: micropie: jinja2 and markupsafe add ~6 MB and ~30 ms to every worker process, and most apps
 #: never render a template.
 JINJA_INSTALLED = importlib.util.find_spec("jinja2") is not None
 
-__all__ = ["JINJA_INSTALLED", "create_environment", "render"]
+__all__ = ["JINJA_INSTALLED", "TemplatesNotInstalled", "create_environment", "render"]
 
 logger = logging.getLogger("micropie")
 
-_NOT_INSTALLED = "500 Internal Server Error: Jinja2 not installed."
+_INSTALL_HINT = "pip install 'micropie-anyio[templates]'"
+
+
+class TemplatesNotInstalled(HTTPError):
+    """A template was rendered without jinja2 installed: answered 500 (the log says why)."""
+
+    def __init__(self) -> None:
+        super().__init__(500, "500 Internal Server Error")
 
 
 def create_environment(folder: str | os.PathLike[str]) -> Any:
     """A Jinja2 environment for ``folder`` (async, html/xml autoescaped), or ``None``.
 
-    ``None`` when jinja2 is not installed; rendering then answers the fallback text.
+    ``None`` when jinja2 is not installed; rendering then raises ``TemplatesNotInstalled``.
     """
     if not JINJA_INSTALLED:
         return None
@@ -59,12 +70,16 @@ async def render(environment: Any, name: str, context: dict[str, Any]) -> str:
     """Render template ``name`` with ``context``.
 
     Raises what Jinja raises (``TemplateNotFound`` for a name outside the folder, syntax and
-    undefined-variable errors). Without jinja2: logs an error and returns
-    ``"500 Internal Server Error: Jinja2 not installed."``.
+    undefined-variable errors). Without jinja2: logs one error line and raises
+    ``TemplatesNotInstalled`` (a 500 from a handler, with no traceback in the log).
     """
     if not JINJA_INSTALLED or environment is None:
-        logger.error("Template rendering requires the 'jinja2' package")
-        return _NOT_INSTALLED
+        logger.error(
+            "Template %r not rendered: jinja2 is not installed (%s); answering 500",
+            name,
+            _INSTALL_HINT,
+        )
+        raise TemplatesNotInstalled
     template = await anyio.to_thread.run_sync(environment.get_template, name)
     if environment.is_async:
         return str(await template.render_async(**context))

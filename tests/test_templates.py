@@ -101,15 +101,21 @@ async def test_a_template_name_from_the_url_never_escapes_the_folder(
     assert all(SECRET not in record.getMessage() for record in caplog.records)
 
 
-async def test_missing_jinja_answers_the_fallback_text(
+async def test_missing_jinja_answers_a_real_500_and_logs_why_once(
     site: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """MicroPie 0.32 answered 200 with an error text; a 500 is what monitoring can see."""
     monkeypatch.setattr(micropie.templates, "JINJA_INSTALLED", False)
     app = site_app(site)
     conn = await run_app(app, http_scope("/show", query_string=b"name=page.html"))
-    assert (conn.status, conn.body) == (200, b"500 Internal Server Error: Jinja2 not installed.")
-    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
-        (logging.ERROR, "Template rendering requires the 'jinja2' package")
+    assert (conn.status, conn.body) == (500, b"500 Internal Server Error")
+    assert [(r.levelno, r.getMessage(), r.exc_info) for r in caplog.records] == [
+        (
+            logging.ERROR,
+            "Template 'page.html' not rendered: jinja2 is not installed"
+            " (pip install 'micropie-anyio[templates]'); answering 500",
+            None,
+        )
     ]
 
 
@@ -119,9 +125,8 @@ async def test_without_jinja_the_app_has_no_environment(
     monkeypatch.setattr(micropie.templates, "JINJA_INSTALLED", False)
     app = site_app(site)
     assert app.env is None
-    assert await micropie.templates.render(None, "page.html", {}) == (
-        "500 Internal Server Error: Jinja2 not installed."
-    )
+    with pytest.raises(micropie.templates.TemplatesNotInstalled):
+        await micropie.templates.render(None, "page.html", {})
 
 
 async def test_a_replaced_synchronous_environment_still_renders(site: Path) -> None:

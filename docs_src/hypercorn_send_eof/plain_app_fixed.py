@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from micropie.serving.hypercorn_glue import fix_hypercorn_trio_send_eof
+from micropie.serving import fix_hypercorn_trio_send_eof
 
 fix_hypercorn_trio_send_eof()
 

@@ -1,5 +1,5 @@
 import pytest
-from app import NotesApp, app
+from app import app
 
 from micropie.testing import TestClient, WebSocketRejected
 
@@ -7,21 +7,19 @@ pytestmark = pytest.mark.anyio  # each test runs on asyncio and on trio (conftes
 
 
 # --8<-- [start:login]
-async def test_login_over_https():
-    # The session cookie is Secure, so the client sends it back over https only.
-    async with TestClient(app, base_url="https://testserver") as client:
+async def test_login():
+    async with TestClient(app) as client:  # https://testserver: the Secure cookie comes back
         await client.post("/login", data={"username": "alice"})
         response = await client.get("/me")
         assert response.text == "alice"
 
 
-async def test_login_without_secure_cookies():
-    # Or turn Secure off for the app under test.
-    insecure = NotesApp(session_cookie_secure=False)
-    async with TestClient(insecure) as client:  # http://testserver
+async def test_no_session_over_plain_http():
+    # What a browser sees over plain http: the Secure cookie is never sent back.
+    async with TestClient(app, base_url="http://testserver") as client:
         await client.post("/login", data={"username": "bob"})
         response = await client.get("/me")
-        assert response.text == "bob"
+        assert response.text == "nobody"
 
 
 # --8<-- [end:login]

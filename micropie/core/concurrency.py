@@ -40,5 +40,12 @@ def collapse_excgroups(*, levels: int | None = None) -> Iterator[None]:
             raise
     else:
         return
-    # Raised outside the ``except`` block so that Python keeps the error's own ``__context__``.
-    raise error
+    # Python sets the ``__context__`` of an exception raised while another is handled, and
+    # ``contextlib`` throws into this generator while the group is handled: the log would show
+    # the error twice, inside the group and again "during handling" of it. So the error's own
+    # ``__context__`` is put back once it is raised.
+    context = error.__context__
+    try:
+        raise error
+    finally:
+        error.__context__ = context

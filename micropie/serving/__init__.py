@@ -51,9 +51,12 @@ from anyio.abc import TaskStatus
 from micropie.core.concurrency import sole_exception
 from micropie.core.types import ASGIApp
 from micropie.serving.hypercorn_glue import (
+    BindError,
     StartupWatcher,
     bound_address,
     config_class,
+    create_sockets,
+    fix_hypercorn_trio_send_eof,
     make_config,
     worker_serve_for_current_backend,
     wrap,
@@ -63,7 +66,10 @@ if TYPE_CHECKING:
     from hypercorn.config import Config, Sockets
     from hypercorn.typing import AppWrapper
 
-__all__ = ["run", "serve", "serve_on_sockets"]
+__all__ = ["BindError", "fix_hypercorn_trio_send_eof", "run", "serve", "serve_on_sockets"]
+
+#: Exit status of ``run()`` when the address cannot be bound (as ``python -m micropie``).
+EXIT_CANNOT_BIND = 1
 
 logger = logging.getLogger("micropie")
 
@@ -92,16 +98,17 @@ async def serve(
 
     Returns after a graceful shutdown caused by ``shutdown_trigger``; re-raises the caller's
     cancellation after a graceful shutdown caused by it (see the module docstring for bounds).
-    Raises ``ImportError`` without hypercorn, ``TypeError`` for an unknown option, ``OSError``
-    when the address cannot be bound, and hypercorn's ``LifespanFailureError`` when the app
-    fails its startup (``started()`` is then never called). Installs no signal handlers: that
-    is the caller's business (``run()`` does it for scripts).
+    Raises ``ImportError`` without hypercorn, ``TypeError`` for an unknown option, ``BindError``
+    (an ``OSError`` whose message names the address) when the address cannot be bound, and
+    hypercorn's ``LifespanFailureError`` when the app fails its startup (``started()`` is then
+    never called). Installs no signal handlers: that is the caller's business (``run()`` does
+    it for scripts).
     """
     config = make_config(host, port, config_options)
     await serve_on_sockets(
         app,
         config,
-        config.create_sockets(),
+        create_sockets(config),
         task_status=task_status,
         shutdown_trigger=shutdown_trigger,
     )
@@ -140,20 +147,28 @@ def run(
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
-    backend: Literal["trio", "asyncio"] = "trio",
+    backend: Literal["asyncio", "trio"] = "asyncio",
     **config_options: Any,
 ) -> None:
     """Serve ``app`` in this process until SIGINT or SIGTERM; blocks. For scripts.
 
     Starts an event loop with ``anyio.run`` on ``backend`` and shuts down gracefully on the
     first SIGINT or SIGTERM (open requests get ``graceful_timeout``, then lifespan shutdown
-    runs). Raises what ``serve()`` raises, e.g. ``LifespanFailureError`` for a failed startup.
+    runs). Runs on asyncio unless ``backend="trio"``, as hypercorn and uvicorn do.
+
+    An address that cannot be bound (a port in use) logs one line naming it and exits the
+    script with status 1 (``SystemExit``), like ``python -m micropie``. Otherwise raises what
+    ``serve()`` raises, e.g. ``LifespanFailureError`` for a failed startup.
     """
     config_class()  # without hypercorn, fail before starting an event loop
-    anyio.run(
-        partial(_serve_until_signalled, app, host=host, port=port, **config_options),
-        backend=backend,
-    )
+    try:
+        anyio.run(
+            partial(_serve_until_signalled, app, host=host, port=port, **config_options),
+            backend=backend,
+        )
+    except BindError as error:
+        logger.error("%s", error)  # noqa: TRY400 - one line names the address: no traceback
+        raise SystemExit(EXIT_CANNOT_BIND) from None
 
 
 async def _serve_until_signalled(app: ASGIApp, **options: Any) -> None:

@@ -24,7 +24,9 @@ import asyncio
 import hashlib
 import inspect
 import logging
+import socket
 import sys
+import traceback
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
@@ -38,10 +40,12 @@ if TYPE_CHECKING:
     from hypercorn.typing import AppWrapper
 
 __all__ = [
+    "BindError",
     "LifespanNotSupportedError",
     "StartupWatcher",
     "bound_address",
     "config_class",
+    "create_sockets",
     "fix_hypercorn_trio_send_eof",
     "fix_loaded_hypercorn",
     "make_config",
@@ -154,6 +158,41 @@ def make_config(host: str, port: int, options: dict[str, Any]) -> Config:
         setattr(config, name, value)
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     return config
+
+
+class BindError(OSError):
+    """The server cannot listen on its address (in use, not permitted, not an address here).
+
+    An ``OSError`` with the original ``errno``, whose message names the address:
+    ``Cannot listen on 127.0.0.1:8000: Address already in use``.
+    """
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def create_sockets(config: Config) -> Sockets:
+    """``config.create_sockets()``, raising ``BindError`` (which names the address) for an
+    address that cannot be bound."""
+    try:
+        return config.create_sockets()
+    except OSError as error:
+        _close_sockets_left_open(error)
+        addresses = ", ".join(config.bind)
+        reason = error.strerror or str(error)
+        raise BindError(error.errno, f"Cannot listen on {addresses}: {reason}") from error
+
+
+def _close_sockets_left_open(error: BaseException) -> None:
+    """Close the sockets ``Config.create_sockets`` made before ``error``: hypercorn leaves them
+    open (the one that failed to bind, and those bound before it), so they would leak until
+    garbage collection (a ``ResourceWarning``) in a process that carries on."""
+    for frame, _ in traceback.walk_tb(error.__traceback__):
+        for value in frame.f_locals.values():
+            candidates = value if isinstance(value, list) else [value]
+            for candidate in candidates:
+                if isinstance(candidate, socket.socket):
+                    candidate.close()
 
 
 def bound_address(sockets: Sockets) -> tuple[str, int]:

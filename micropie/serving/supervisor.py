@@ -68,8 +68,8 @@ def serve_worker(config: Config, sockets: Sockets, shutdown_event: Event) -> Non
     import anyio
     from hypercorn.utils import check_multiprocess_shutdown_event
 
-    from micropie.__main__ import load_app
     from micropie.serving import serve_on_sockets
+    from micropie.serving.loading import load_app
 
     app = load_app(config.application_path)
     anyio.run(
@@ -90,9 +90,16 @@ def supervise(config: Config) -> int:
     """Keep ``config.workers`` worker processes running until a signal or a worker failure.
 
     Returns 0 after a requested shutdown, 1 when a worker exited with a non-zero status (its
-    traceback, e.g. hypercorn's ``LifespanFailureError``, is already on stderr).
+    traceback, e.g. hypercorn's ``LifespanFailureError``, is already on stderr) or when the
+    address cannot be bound (one line names it).
     """
-    sockets = config.create_sockets()
+    from micropie.serving.hypercorn_glue import BindError, create_sockets
+
+    try:
+        sockets = create_sockets(config)
+    except BindError as error:
+        logger.error("%s", error)  # noqa: TRY400 - one line names the address: no traceback
+        return EXIT_FAILED
     context = get_context("spawn")
     shutdown_event = context.Event()
     processes: list[BaseProcess] = []

@@ -23,7 +23,10 @@ class TestClient(httpx.AsyncClient):
     ``async with TestClient(app) as client`` runs lifespan startup on entry and shutdown on exit
     and lets responses stream (``client.stream(...)``); without ``async with`` each request runs
     the app to completion and buffers the body. Cookies persist across requests, as with any
-    httpx client; the default ``base_url`` is ``http://testserver``.
+    httpx client. The default ``base_url`` is ``https://testserver``: micropie's session cookie is
+    ``Secure`` by default, and a client only sends a ``Secure`` cookie back over https, so a
+    login test written the obvious way keeps its session (pass ``base_url="http://testserver"``
+    to test what a plain-http client sees).
 
     - ``lifespan``: send lifespan events (only inside ``async with``).
     - ``raise_app_exceptions``: re-raise an exception that escapes the app in the test (it is a
@@ -42,7 +45,7 @@ class TestClient(httpx.AsyncClient):
         self,
         app: ASGIApp,
         *,
-        base_url: str = "http://testserver",
+        base_url: str = "https://testserver",
         lifespan: bool = True,
         raise_app_exceptions: bool = True,
         client: tuple[str, int] = ("127.0.0.1", 50000),
@@ -118,7 +121,7 @@ class TestClient(httpx.AsyncClient):
         The handshake carries the client's headers and cookies, ``headers`` and the offered
         ``subprotocols``; cookies the app sets on accept go to the client's cookie jar (a
         ``Secure`` one, such as micropie's session cookie by default, is only sent back when
-        ``base_url`` is ``https://``; the scope's scheme is then ``wss``). Raises
+        ``base_url`` is ``https://``, the default; the scope's scheme is then ``wss``). Raises
         ``WebSocketRejected`` (with the app's ``code`` and ``reason``) when the app closes before
         accepting. Leaving the block closes the connection with 1000 and waits for the app call
         to return (see ``WebSocketSession.close``). Needs ``async with TestClient(app)``: the app

@@ -40,6 +40,7 @@ from micropie import routing
 from micropie.core.types import Receive, Scope, Send
 from micropie.http.request import Request, WebSocketRequest, current_request
 from micropie.lifetimes.sweeper import DisconnectSweeper
+from micropie.routing.mount import route_path
 from micropie.sessions import (
     SessionSettings,
     SessionState,
@@ -291,9 +292,10 @@ def _route(
     """``/chat/x`` → ``ws_chat`` with path parameters ``["x"]``; ``/`` → ``ws_index``.
 
     Middleware may name the handler in ``request._ws_route_handler`` and set
-    ``request.path_params`` (kept when non-empty, as for HTTP). No index fallback.
+    ``request.path_params`` (kept when non-empty, as for HTTP). No index fallback. Under a
+    ``root_path`` (a proxy's prefix), routing uses the path below it (``route_path``).
     """
-    path = request.path.lstrip("/")
+    path = route_path(request.scope).lstrip("/")
     segments = path.split("/") if path else []
     name = segments[0] if segments else "index"
     if name.startswith("_"):
@@ -305,7 +307,22 @@ def _route(
     if isinstance(found, routing.Lookup):
         raise Refused(1008, "No matching WebSocket route")
     raw, handler = found
-    return handler, routing.plan_for(raw, handler)
+    plan = routing.plan_for(raw, handler)
+    if not (plan.is_coroutine or _is_async_callable(handler)):
+        raise TypeError(
+            f"WebSocket handler {type(app).__name__}.{handler_name} must be an async def: it"
+            " is awaited, and so are ws.accept(), ws.receive() and ws.send_*()"
+        )
+    return handler, plan
+
+
+def _is_async_callable(handler: Callable[..., Any]) -> bool:
+    """An ``async def`` under a decorator (``functools.wraps``), or an object whose
+    ``__call__`` is one: what ``inspect.iscoroutinefunction`` alone does not see."""
+    unwrapped = inspect.unwrap(handler)
+    return inspect.iscoroutinefunction(unwrapped) or inspect.iscoroutinefunction(
+        getattr(unwrapped, "__call__", None)  # noqa: B004 - a callable object's method
+    )
 
 
 def _bind(

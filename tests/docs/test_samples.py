@@ -34,6 +34,7 @@ SAMPLES = ROOT / "docs_src"
 TESTED = {
     "deployment/app.py",
     "deployment/embed.py",
+    "deployment/prefix.py",
     "deployment/proxy.py",
     "fanout/chat.py",
     # run by tests/test_trio_send_eof.py, against real hypercorn trio workers:
@@ -219,7 +220,7 @@ async def test_requests_and_responses(sample_modules: None) -> None:
 @pytest.mark.anyio
 async def test_sessions_login(sample_modules: None) -> None:
     app = load("sessions/app.py").app
-    async with TestClient(app, base_url="https://testserver") as client:
+    async with TestClient(app) as client:
         wrong = await client.post("/login", data={"username": "alice", "password": "x"})
         assert wrong.status_code == 401
         assert "set-cookie" not in wrong.headers
@@ -235,9 +236,9 @@ async def test_sessions_login(sample_modules: None) -> None:
 
 @pytest.mark.anyio
 async def test_sessions_secure_cookie_is_not_sent_over_http(sample_modules: None) -> None:
-    """What the sessions page warns about: http://testserver never sends the cookie back."""
+    """What the sessions page warns about: over plain http the cookie never comes back."""
     app = load("sessions/app.py").app
-    async with TestClient(app) as client:
+    async with TestClient(app, base_url="http://testserver") as client:
         await client.post("/login", data={"username": "alice", "password": "wonderland"})
         assert (await client.get("/me")).status_code == 401
 
@@ -245,7 +246,7 @@ async def test_sessions_secure_cookie_is_not_sent_over_http(sample_modules: None
 @pytest.mark.anyio
 async def test_sessions_custom_backend(sample_modules: None) -> None:
     module = load("sessions/backend.py")
-    async with TestClient(module.app, base_url="https://testserver") as client:
+    async with TestClient(module.app) as client:
         assert (await client.get("/")).text == "Visit number 1"
         assert (await client.get("/")).text == "Visit number 2"
     assert list(module.backend.rows.values()) == [{"visits": 2}]
@@ -507,13 +508,38 @@ async def test_deployment_embedded(sample_modules: None) -> None:
 @pytest.mark.anyio
 async def test_deployment_proxy_headers(sample_modules: None) -> None:
     app = load("deployment/proxy.py").app
-    async with TestClient(app) as client:
+    async with TestClient(app, base_url="http://testserver") as client:  # a plain-http hop
         direct = await client.get("/whoami")
         assert direct.json() == {"client": "127.0.0.1", "scheme": "http"}
         proxied = await client.get(
             "/whoami", headers={"x-forwarded-for": "203.0.113.9", "x-forwarded-proto": "https"}
         )
         assert proxied.json() == {"client": "203.0.113.9", "scheme": "https"}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("prefix_in_path", [True, False], ids=["kept", "stripped"])
+async def test_deployment_under_a_prefix(sample_modules: None, prefix_in_path: bool) -> None:
+    """Whether the proxy keeps /shop in the path (hypercorn --root-path) or strips it."""
+    app = load("deployment/prefix.py").app
+    mount = "/shop" if prefix_in_path else ""
+    async with TestClient(app, root_path="/shop") as client:
+        index = await client.get(f"{mount}/")
+        assert index.text == '<a href="/shop/cart">cart</a>'
+        cart = await client.get(f"{mount}/cart")
+        assert cart.json() == {"items": [], "root_path": "/shop"}
+        checkout = await client.get(f"{mount}/checkout")
+        assert (checkout.status_code, checkout.headers["location"]) == (302, "/shop/cart")
+        async with client.websocket_connect(f"{mount}/updates") as ws:
+            assert await ws.receive_text() == "updates for /shop/cart"
+
+
+@pytest.mark.anyio
+async def test_deployment_prefix_sample_without_a_prefix(sample_modules: None) -> None:
+    app = load("deployment/prefix.py").app
+    async with TestClient(app) as client:
+        assert (await client.get("/")).text == '<a href="/cart">cart</a>'
+        assert (await client.get("/checkout")).headers["location"] == "/cart"
 
 
 # --- migration -----------------------------------------------------------------------------------

@@ -88,8 +88,8 @@ async def test_get_sees_a_complete_http_scope() -> None:
     assert scope["asgi"] == {"version": "3.0", "spec_version": "2.3"}
     assert scope["http_version"] == "1.1"
     assert scope["method"] == "GET"
-    assert scope["scheme"] == "http"
-    assert scope["server"] == ("testserver", 80)
+    assert scope["scheme"] == "https"  # the default base_url: Secure cookies come back
+    assert scope["server"] == ("testserver", 443)
     assert scope["client"] == ("10.0.0.1", 1234)
     assert scope["root_path"] == "/sub"
     assert scope["path"] == "/sub/greet/bob smith"
@@ -673,3 +673,28 @@ async def client(lifespan_events: list[str]) -> AsyncIterator[TestClient]:
 async def test_client_works_from_a_fixture(client: TestClient, lifespan_events: list[str]) -> None:
     assert (await client.get("/")).status_code == 200
     assert lifespan_events == []
+
+
+# -- the defaults a newcomer relies on --------------------------------------------------------
+
+
+@bounded
+async def test_a_login_test_written_the_obvious_way_keeps_its_session() -> None:
+    """micropie's session cookie is Secure by default; the client talks https, so it comes back."""
+    from micropie import App
+
+    class Login(App):
+        async def login(self, user: str) -> str:
+            self.request.session["user"] = user
+            return "ok"
+
+        async def me(self) -> str:
+            return str(self.request.session.get("user", "nobody"))
+
+    async with TestClient(Login()) as client:
+        login = await client.post("/login", data={"user": "alice"})
+        assert "Secure" in login.headers["set-cookie"]
+        assert (await client.get("/me")).text == "alice"
+    async with TestClient(Login(), base_url="http://testserver") as client:
+        await client.post("/login", data={"user": "alice"})
+        assert (await client.get("/me")).text == "nobody"  # what a plain-http browser sees

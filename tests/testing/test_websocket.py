@@ -189,7 +189,7 @@ async def test_secure_session_cookie_round_trips_over_wss() -> None:
             await ws.accept()
             await ws.send_text(f"{ws.scope['scheme']} {session['visits']}")
 
-    async with TestClient(SecureApp(), base_url="https://testserver") as client:
+    async with TestClient(SecureApp()) as client:  # https://testserver, the default
         for expected in ("wss 1", "wss 2"):
             async with client.websocket_connect("/visits") as ws:
                 assert await ws.receive_text() == expected
@@ -249,7 +249,7 @@ async def test_raw_app_sees_a_websocket_scope_with_cookies_and_headers() -> None
             assert await ws.receive_text() == "ping"
     scope = app.scope
     assert scope["type"] == "websocket"
-    assert (scope["scheme"], scope["path"], scope["query_string"]) == ("ws", "/a b/c", b"x=1")
+    assert (scope["scheme"], scope["path"], scope["query_string"]) == ("wss", "/a b/c", b"x=1")
     assert scope["raw_path"] == b"/a%20b/c"
     assert scope["subprotocols"] == ["p1"]
     headers_seen = dict(scope["headers"])

@@ -1,0 +1,1 @@
+"""micropie.routing: routing rules, and routing under a mount prefix."""
