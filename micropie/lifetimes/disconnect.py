@@ -56,7 +56,6 @@ from micropie.websocket._lifetime import going_away_soon
 from micropie.websocket._pump import sweep
 
 if TYPE_CHECKING:
-    from micropie.http.multipart import MultipartForm
     from micropie.websocket import WebSocket
 
 __all__ = [
@@ -108,7 +107,6 @@ class ConnectionScope:
         "body_deadline",
         "cancel_scope",
         "client_left",
-        "form",
         "reading",
         "seen",
         "stalled",
@@ -130,8 +128,6 @@ class ConnectionScope:
         self.seen = False
         self.watcher_scope: anyio.CancelScope | None = None
         self.watcher_done: anyio.Event | None = None
-        #: The multipart form read while the user code runs, if the body is one.
-        self.form: MultipartForm | None = None
 
     @property
     def timed_out(self) -> bool:
