@@ -88,7 +88,13 @@ Lifespan = Callable[["App"], AbstractAsyncContextManager[Mapping[str, Any] | Non
 
 
 class _Answered(Exception):
-    """A step produced the final response early (an error or a middleware short-circuit)."""
+    """The user code produced its final answer early: a middleware short-circuit, or the 500
+    for a handler that raised.
+
+    An exception rather than a return value because it must skip ``after_request``, the
+    session save and ``_respond``, and pass a multipart form's ``answering()`` unchanged (an
+    upload failure replaces an ``HTTPError`` or a normal end, never this answer).
+    """
 
     def __init__(self, response: PlainResponse) -> None:
         self.response = response
