@@ -20,11 +20,12 @@ import anyio.abc
 import anyio.to_thread
 
 from micropie import routing, templates
+from micropie.core.allocator import keep_receive_buffers_off_mmap
 from micropie.core.errors import ClientDisconnected, HTTPError, MultipartFileError, is_send_failure
-from micropie.core.types import Message, Receive, Scope, Send
+from micropie.core.types import ASGIApp, Message, Receive, Scope, Send
 from micropie.http import bodies, redirects
-from micropie.http.multipart import MultipartForm, open_form
-from micropie.http.request import Request, current_request, scan_headers
+from micropie.http.multipart import MultipartForm, MultipartLimits, open_form
+from micropie.http.request import Request, current_request, scan_headers, set_by_middleware
 from micropie.http.responses import (
     PlainResponse,
     encode_headers,
@@ -41,6 +42,7 @@ from micropie.lifetimes.lifespan import AppLifetime
 from micropie.middleware import HttpMiddleware, WebSocketMiddleware
 from micropie.routing import PendingForm
 from micropie.routing.mount import route_path
+from micropie.serving.hypercorn_glue import fix_loaded_hypercorn
 from micropie.sessions import (
     SESSION_TIMEOUT,
     InMemorySessionBackend,
@@ -80,7 +82,6 @@ DEFAULT_WS_MAX_MESSAGE_SIZE = 1024 * 1024
 
 _NOT_FOUND = "404 Not Found"
 _NOT_MADE = object()  # App.env before its first use
-_BODY_TIMEOUT = "408 Request Timeout: Failed to receive body"
 
 #: A Starlette-style lifespan: ``lifespan(app)`` is an async context manager entered at startup
 #: and left at shutdown; a mapping it yields becomes ``app.state`` (and ``request.state``).
@@ -88,7 +89,13 @@ Lifespan = Callable[["App"], AbstractAsyncContextManager[Mapping[str, Any] | Non
 
 
 class _Answered(Exception):
-    """A step produced the final response early (an error or a middleware short-circuit)."""
+    """The user code produced its final answer early: a middleware short-circuit, or the 500
+    for a handler that raised.
+
+    An exception rather than a return value because it must skip ``after_request``, the
+    session save and ``_respond``, and pass a multipart form's ``answering()`` unchanged (an
+    upload failure replaces an ``HTTPError`` or a normal end, never this answer).
+    """
 
     def __init__(self, response: PlainResponse) -> None:
         self.response = response
@@ -183,8 +190,8 @@ class App:
         self.state: dict[str, Any] = {}
         self._template_dir = os.path.abspath(template_dir)  # MicroPie: the CWD at construction
         self._env: Any = _NOT_MADE
-        self._lifetime = AppLifetime(self)
         self._sweeper = DisconnectSweeper()
+        self._lifetime = AppLifetime(self, self._sweeper)
         self._handlers = routing.HandlerTable(self, App)
 
     @property
@@ -204,10 +211,6 @@ class App:
     def env(self, environment: Any) -> None:
         self._env = environment
 
-    @property
-    def _started(self) -> bool:
-        return self._lifetime.started
-
     # --- ASGI entry ------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -219,7 +222,9 @@ class App:
             async with connection as handler_call:
                 if handler_call is not None:
                     await handler_call  # here, not a frame further down (see WebSocketConnection)
-        elif kind == "lifespan":
+        elif kind == "lifespan":  # the server is starting
+            keep_receive_buffers_off_mmap()  # see ``core.allocator``
+            fix_loaded_hypercorn()  # a hypercorn bug that would end the server: see there
             await self._lifetime.run(scope, receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -231,13 +236,13 @@ class App:
         try:
             try:
                 session, media_type = await self._prepare(request)
-                connection = self._connection_for(request, receive, media_type)
+                connection, form = self._connection_for(request, receive, media_type)
                 async with connection:
-                    if connection.reading and connection.form is None:
+                    if connection.reading and form is None:
                         await self._read_body(request, receive, connection, str(media_type))
-                    status, body, headers = await self._run_user_code(request, connection.form)
-                handed_over = request.__dict__.get("_subapp") is not None
-                if not (connection.timed_out or connection.client_left or handed_over):
+                    status, body, headers = await self._run_user_code(request, form)
+                sub_app = set_by_middleware(request, "_subapp")
+                if not (connection.timed_out or connection.client_left or sub_app is not None):
                     await self._save_session(request, session, headers)
             except _Answered as answered:
                 await send_plain(send, *answered.response)
@@ -252,11 +257,11 @@ class App:
                 await send_plain(send, *error_response(500, "500 Internal Server Error"))
                 return
             if connection.timed_out:
-                await send_plain(send, *error_response(408, _BODY_TIMEOUT))
+                await send_plain(send, *error_response(408, bodies.BODY_TIMED_OUT))
             elif connection.client_left:
                 return
-            elif handed_over:
-                await self._hand_over(request, session, receive, send)
+            elif sub_app is not None:
+                await self._hand_over(sub_app, request, session, receive, send)
             else:
                 await self._respond(request, receive, send, status, body, headers)
         except Exception as error:
@@ -282,18 +287,25 @@ class App:
 
     def _connection_for(
         self, request: Request, receive: Receive, media_type: str | None
-    ) -> ConnectionScope:
-        """What the request runs in: cancelled when its client leaves.
+    ) -> tuple[ConnectionScope, MultipartForm | None]:
+        """What the request runs in (cancelled when its client leaves), and its multipart form.
 
         A body is read inside the connection scope; watching for the client to leave starts
-        after it. A multipart body gets a ``form`` that binding and the handler's file reads
-        parse on demand, so the handler runs while the upload is still arriving (``HTTPError``
-        for one without a boundary).
+        after it. A multipart body gets a form that binding and the handler's file reads parse
+        on demand, so the handler runs while the upload is still arriving (``HTTPError`` for one
+        without a boundary).
         """
         connection = ConnectionScope(receive, self._sweeper, reading=media_type is not None)
-        if media_type is not None and "multipart/form-data" in media_type:
-            connection.form = open_form(self, request, receive, connection)
-        return connection
+        if media_type is None or "multipart/form-data" not in media_type:
+            return connection, None
+        limits = MultipartLimits(
+            body_timeout=self.body_timeout,
+            max_body_size=self.max_body_size,
+            max_field_size=self.max_form_field_size,
+            max_parts=self.max_multipart_parts,
+            max_files=self.max_multipart_files,
+        )
+        return connection, open_form(limits, request, receive, connection)
 
     async def _read_body(
         self, request: Request, receive: Receive, connection: ConnectionScope, media_type: str
@@ -342,7 +354,7 @@ class App:
             short_circuit = await middleware.before_request(request)
             if short_circuit:
                 raise _Answered(self._short_circuit(short_circuit))
-        if request.__dict__.get("_subapp") is not None:
+        if set_by_middleware(request, "_subapp") is not None:
             if form is not None:
                 await form.complete()
             return 0, None, []
@@ -379,7 +391,7 @@ class App:
         """
         path = route_path(request.scope).lstrip("/")
         segments = path.split("/") if path else []
-        name = request.__dict__.get("_route_handler")
+        name = set_by_middleware(request, "_route_handler")
         if name is None:
             name = segments[0] if segments else "index"
             if name.startswith(("_", "ws_")):
@@ -439,7 +451,12 @@ class App:
                 headers.append(("Set-Cookie", cookie))
 
     async def _hand_over(
-        self, request: Request, session: SessionState | None, receive: Receive, send: Send
+        self,
+        sub_app: ASGIApp,
+        request: Request,
+        session: SessionState | None,
+        receive: Receive,
+        send: Send,
     ) -> None:
         """Let the sub-app answer; if it fails, answer 500 only when it had not started to."""
         started = send_failed = False
@@ -454,7 +471,8 @@ class App:
                 raise
 
         try:
-            await hand_over(self, request, session, receive, sub_app_send)
+            shared = session or SessionState(self.session_backend)
+            await hand_over(sub_app, request, shared, receive, sub_app_send)
         except Exception as error:
             if send_failed:
                 logger.debug("The client left while %s was answered: %r", request.path, error)
@@ -487,6 +505,7 @@ class App:
         being cut when it runs out. Plain requests in flight finish normally.
         """
         self._lifetime.begin_shutdown()
+        self._sweeper.begin_shutdown()
 
     def start_soon(self, function: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run ``function(*args)`` in the background for as long as the app lives."""

@@ -9,14 +9,11 @@ micropie sub-app saves the session where the parent loads it (MicroPie 0.32 lost
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from micropie.core.types import ASGIApp, Message, Receive, Send
+from micropie.http.request import Request, set_by_middleware
 from micropie.sessions import SessionState
-
-if TYPE_CHECKING:
-    from micropie.app import App
-    from micropie.http.request import Request
 
 __all__ = ["hand_over"]
 
@@ -36,13 +33,15 @@ def _body_once(request: Request, receive: Receive) -> Receive:
 
 
 async def hand_over(
-    app: App, request: Request, session: SessionState | None, receive: Receive, send: Send
+    sub_app: ASGIApp, request: Request, session: SessionState, receive: Receive, send: Send
 ) -> None:
+    """Call ``sub_app`` with the request's scope rewritten for it and the parent's ``session``
+    (the state the parent loaded, or a fresh one on the parent's backend)."""
     scope: dict[str, Any] = dict(request.scope)
-    path = str(request.__dict__.get("_subapp_path") or "/")
+    path = str(set_by_middleware(request, "_subapp_path") or "/")
     scope["path"] = path if path.startswith("/") else "/" + path
     scope["raw_path"] = scope["path"].encode("utf-8")
-    mount = request.__dict__.get("_subapp_mount_path")
+    mount = set_by_middleware(request, "_subapp_mount_path")
     if mount:
         scope["root_path"] = scope.get("root_path", "") + "/" + str(mount).strip("/")
     scope.update(
@@ -52,6 +51,5 @@ async def hand_over(
         files=request.files,
         session=request.session,
     )
-    scope["micropie.session_state"] = session or SessionState(app.session_backend)
-    sub_app: ASGIApp = request.__dict__["_subapp"]
+    scope["micropie.session_state"] = session
     await sub_app(scope, _body_once(request, receive), send)

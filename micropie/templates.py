@@ -32,8 +32,8 @@ import anyio.to_thread
 from micropie.core.errors import HTTPError
 
 #: Whether jinja2 can be imported. It is imported when the first environment is made, not with
-#: micropie: jinja2 and markupsafe add ~6 MB and ~30 ms to every worker process, and most apps
-#: never render a template.
+#: micropie: jinja2 and markupsafe add memory and start-up time to every worker process (figures
+#: in benchmarks/README.md), and most apps never render a template.
 JINJA_INSTALLED = importlib.util.find_spec("jinja2") is not None
 
 __all__ = ["JINJA_INSTALLED", "TemplatesNotInstalled", "create_environment", "render"]

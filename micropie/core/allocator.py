@@ -7,9 +7,10 @@ above its mmap threshold (128 KiB when a process starts) with ``mmap``, shrinks 
 a server receives. glibc raises the threshold by itself when it frees a large mapped block, but
 these blocks are freed only after they were shrunk, so whether a process ever leaves that path
 depends on what happened to be freed while it started: on this project's WebSocket echo
-benchmark (hypercorn's asyncio worker) the same code cost 42–48 µs of server CPU per echo
-instead of 31–33 µs, depending on nothing but the directory it was installed in (``strace -c``:
-one ``mmap``, ``mremap`` and ``munmap`` per echo in the slow processes, none in the fast ones).
+benchmark (hypercorn's asyncio worker) the same code cost about a third more server CPU per echo
+in some processes than in others, depending on nothing but the directory it was installed in
+(``strace -c``: one ``mmap``, ``mremap`` and ``munmap`` per echo in the slow processes, none in
+the fast ones; the figures are in benchmarks/README.md, "WebSocket").
 
 Freeing one large block once raises the threshold for good. Harmless elsewhere (other C
 libraries, and trio, which receives 64 KiB at a time): one 1 MiB allocation per process.

@@ -20,12 +20,13 @@ import anyio.to_thread
 
 from micropie.core import json_codec
 from micropie.core.errors import ClientDisconnected, HTTPError
-from micropie.core.types import Message, Receive
+from micropie.core.types import Receive
 from micropie.http.request import Request
 from micropie.http.urlencoded import UrlencodedParser
 
 __all__ = [
     "BODY_METHODS",
+    "BODY_TIMED_OUT",
     "check_content_length",
     "is_json",
     "parse_body",
@@ -34,6 +35,9 @@ __all__ = [
 
 #: Methods whose body MicroPie reads and parses before the handler runs.
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+#: The answer to a body message that came later than ``body_timeout`` (status 408).
+BODY_TIMED_OUT = "408 Request Timeout: Failed to receive body"
 
 #: Bodies larger than this are parsed off the event loop thread (bytes).
 OFFLOAD_THRESHOLD = 64 * 1024
@@ -51,23 +55,10 @@ def check_content_length(content_length: bytes | None, max_body_size: int | None
         raise HTTPError(413, "413 Payload Too Large")
 
 
-async def receive_body_message(receive: Receive, idle_timeout: float | None) -> Message:
-    """One ``receive()`` under the per-message body timeout (``HTTPError(408)`` past it)."""
-    try:
-        if idle_timeout is None:
-            message = await receive()
-        else:
-            with anyio.fail_after(idle_timeout):
-                message = await receive()
-    except TimeoutError:
-        raise HTTPError(408, "408 Request Timeout: Failed to receive body") from None
-    if message["type"] == "http.disconnect":
-        raise ClientDisconnected
-    return message
-
-
 class BodyDeadlines(Protocol):
-    """Something that cancels the reader when a body message is late (``ConnectionScope``)."""
+    """Something that cancels the reader when a body message is late (``ConnectionScope``):
+    the caller then answers ``BODY_TIMED_OUT``. One deadline moved per message, instead of a
+    cancel scope (and a loop timer) per message."""
 
     def expect_body_within(self, seconds: float | None) -> None: ...
 
@@ -77,27 +68,23 @@ async def read_body(
     *,
     max_size: int | None,
     idle_timeout: float | None,
-    deadlines: BodyDeadlines | None = None,
+    deadlines: BodyDeadlines,
     on_chunk: Callable[[bytes], Awaitable[None]] | None = None,
 ) -> bytes:
     """The whole body, counted against ``max_size`` as it arrives (the limit is inclusive).
 
     A client that leaves mid-body raises ``ClientDisconnected``: a partial body is never
     mistaken for a complete one. Each ``receive()`` may take ``idle_timeout`` seconds: past it,
-    ``HTTPError(408)``; or, given ``deadlines``, the reader is cancelled past it and the caller
-    answers 408 (``ConnectionScope.timed_out``). That saves a cancel scope per message.
+    ``deadlines`` cancels the reader and the caller answers 408 (``ConnectionScope.timed_out``).
     ``on_chunk`` is awaited with each chunk as it arrives (a parser that works as data comes).
     """
     chunks: list[bytes] = []
     size = 0
     while True:
-        if deadlines is None:
-            message = await receive_body_message(receive, idle_timeout)
-        else:
-            deadlines.expect_body_within(idle_timeout)
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ClientDisconnected
+        deadlines.expect_body_within(idle_timeout)
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
         chunk = message.get("body", b"")
         if chunk:
             size += len(chunk)

@@ -8,14 +8,22 @@ parsed on first use, so a request that never looks at them never pays for them.
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, Literal, TypeVar, cast
 from urllib.parse import parse_qs
 
 from micropie.core.types import Scope
 
 _V = TypeVar("_V")
 
-__all__ = ["Headers", "Request", "WebSocketRequest", "current_request", "parse_urlencoded"]
+__all__ = [
+    "Headers",
+    "MiddlewareHook",
+    "Request",
+    "WebSocketRequest",
+    "current_request",
+    "parse_urlencoded",
+    "set_by_middleware",
+]
 
 #: The request being handled by the current task. There is no default: ``get()`` outside a
 #: request raises ``LookupError``, as in MicroPie.
@@ -129,7 +137,7 @@ class Request:
     ``body_params`` (dicts of lists), ``files``, ``session`` (dict), ``headers``. Beyond MicroPie:
     ``path``, ``body`` (the raw bytes, for signature checks and other payloads), ``cookies`` and
     ``client``. Middleware may set ``_route_handler``/``path_params`` to route explicitly and
-    ``_subapp``/``_subapp_path`` to hand the request to another ASGI app.
+    ``_subapp``/``_subapp_path`` to hand the request to another ASGI app (``MiddlewareHook``).
     """
 
     # Defaults shared by every instance until one sets its own (cheaper than setting each).
@@ -235,3 +243,23 @@ class WebSocketRequest(Request):
 
     def regenerate_session(self) -> None:
         raise RuntimeError("Session regeneration is only available for HTTP requests")
+
+
+#: The attributes a ``before_request`` (or ``before_websocket``) middleware sets on a request to
+#: steer it, under MicroPie's names so that its middleware runs unchanged:
+#: ``_route_handler`` names the HTTP handler to call (a ``_private`` one too),
+#: ``_ws_route_handler`` the WebSocket one, ``_subapp`` an ASGI app to hand the request to, at
+#: ``_subapp_path`` (default ``/``) and mounted under ``_subapp_mount_path`` (optional).
+MiddlewareHook = Literal[
+    "_route_handler", "_ws_route_handler", "_subapp", "_subapp_path", "_subapp_mount_path"
+]
+
+
+def set_by_middleware(request: Request, hook: MiddlewareHook) -> Any:
+    """What middleware set as ``request.<hook>``, or ``None``: the one way the framework reads
+    these attributes.
+
+    ``Request`` does not define them (not even as ``None`` class defaults), so ``hasattr`` in
+    user middleware still tells whether an earlier middleware set one, as in MicroPie.
+    """
+    return request.__dict__.get(hook)

@@ -44,7 +44,6 @@ from __future__ import annotations
 import logging
 import math
 from types import TracebackType
-from typing import Any
 
 import anyio
 import anyio.abc
@@ -104,7 +103,6 @@ class ConnectionScope:
         "_watcher_scope",
         "cancel_scope",
         "client_left",
-        "form",
         "reading",
     )
 
@@ -122,9 +120,6 @@ class ConnectionScope:
         self._seen = False  # swept in a round already
         self._watcher_scope: anyio.CancelScope | None = None
         self._watcher_done: anyio.Event | None = None
-        #: The multipart form read while the user code runs, if the body is one (set by the app;
-        #: ``Any`` because this layer sits below ``http``).
-        self.form: Any = None
 
     @property
     def timed_out(self) -> bool:

@@ -11,27 +11,25 @@ background work is left.
 A background task that fails is logged and does not take the app down. A startup handler that
 fails is logged and reported as ``lifespan.startup.failed`` with its message, so the server
 refuses to start.
+
+This module sits below the ``App`` (see docs/architecture.md): it sees the app only through
+``LifespanHost`` (the handlers, ``lifespan=`` and ``state``) and is handed the sweeper to run.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
 
-from micropie.core.allocator import keep_receive_buffers_off_mmap
 from micropie.core.types import Message, Receive, Scope, Send
-from micropie.serving.hypercorn_glue import fix_loaded_hypercorn
 
-if TYPE_CHECKING:
-    from micropie.app import App
-
-__all__ = ["AppLifetime"]
+__all__ = ["AppLifetime", "LifespanHost", "Service"]
 
 logger = logging.getLogger("micropie")
 
@@ -43,11 +41,42 @@ async def _call(handler: Callable[[], Any]) -> None:
         await result
 
 
-class AppLifetime:
-    """Owns the lifespan protocol and the app-wide task group for one ``App``."""
+class LifespanHost(Protocol):
+    """What the lifetime reads from its app (an ``App``): its handlers, ``lifespan`` and
+    ``state``. Read-only here; the app's own attributes are lists, a callable and a dict."""
 
-    def __init__(self, app: App) -> None:
+    @property
+    def startup_handlers(self) -> Sequence[Callable[[], Any]]: ...
+
+    @property
+    def shutdown_handlers(self) -> Sequence[Callable[[], Any]]: ...
+
+    @property
+    def lifespan(
+        self,
+    ) -> Callable[[Any], AbstractAsyncContextManager[Mapping[str, Any] | None]] | None: ...
+
+    @property
+    def state(self) -> dict[str, Any]: ...
+
+
+class Service(Protocol):
+    """A task that runs for the app's whole lifetime, started before the first startup handler
+    (the disconnect sweeper): ``run`` reports ``started()`` and runs until cancelled."""
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = ...) -> None: ...
+
+
+class AppLifetime:
+    """Owns the lifespan protocol and the app-wide task group for one ``App``.
+
+    ``sweeper`` (the app's disconnect sweeper) runs in that task group from before startup until
+    after shutdown.
+    """
+
+    def __init__(self, app: LifespanHost, sweeper: Service) -> None:
         self._app = app
+        self._sweeper = sweeper
         self._task_group: anyio.abc.TaskGroup | None = None
         self.started = False
         #: Set when the server begins its graceful shutdown (``App.begin_shutdown``): open
@@ -63,12 +92,10 @@ class AppLifetime:
         and a call still winding its tasks down would end in a ``CancelledError`` traceback.
         """
         self.stopping = anyio.Event()
-        keep_receive_buffers_off_mmap()  # the server is starting: see ``allocator``
-        fix_loaded_hypercorn()  # a hypercorn bug that would end the server: see there
         async with anyio.create_task_group() as task_group, AsyncExitStack() as context:
             self._task_group = task_group
             try:
-                await task_group.start(self._app._sweeper.run)
+                await task_group.start(self._sweeper.run)
                 last_answer = await self._converse(scope, receive, send, context)
             finally:
                 self._task_group = None
@@ -123,9 +150,9 @@ class AppLifetime:
             await _call(handler)
 
     def begin_shutdown(self) -> None:
+        """Tell streams the app is going (``stopping``); a no-op while lifespan is not running."""
         if self.stopping is not None:
             self.stopping.set()
-        self._app._sweeper.begin_shutdown()
 
     def _running_group(self) -> anyio.abc.TaskGroup:
         if self._task_group is None:

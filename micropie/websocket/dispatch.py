@@ -38,7 +38,7 @@ import anyio.abc
 
 from micropie import routing
 from micropie.core.types import Receive, Scope, Send
-from micropie.http.request import Request, WebSocketRequest, current_request
+from micropie.http.request import Request, WebSocketRequest, current_request, set_by_middleware
 from micropie.lifetimes.sweeper import DisconnectSweeper
 from micropie.routing.mount import route_path
 from micropie.sessions import (
@@ -300,7 +300,7 @@ def _route(
     name = segments[0] if segments else "index"
     if name.startswith("_"):
         raise Refused(1008, "Private handler not allowed")
-    handler_name = getattr(request, "_ws_route_handler", None) or f"ws_{name}"
+    handler_name = set_by_middleware(request, "_ws_route_handler") or f"ws_{name}"
     if not request.path_params:
         request.path_params = segments[1:]
     found = routing.resolve_handler(app, handler_name, base)

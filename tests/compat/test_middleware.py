@@ -175,6 +175,34 @@ async def test_explicit_route_handler_from_middleware(app: App) -> None:
     assert conn.sent == plain_response(200, b"user 42")
 
 
+async def test_a_later_middleware_sees_whether_an_earlier_one_routed(app: App) -> None:
+    """The steering attributes exist only once set, so ``hasattr`` tells (as in MicroPie)."""
+    seen: list[bool] = []
+
+    class Router(PassThrough):
+        async def before_request(self, request: Any) -> None:
+            if request.scope["path"] == "/secret":
+                request._route_handler = "_hidden"
+
+    class Observer(PassThrough):
+        async def before_request(self, request: Any) -> None:
+            seen.append(hasattr(request, "_route_handler") or hasattr(request, "_subapp"))
+
+    app.middlewares.extend([Router(), Observer()])
+
+    @attach(app)
+    async def _hidden(self: App) -> str:
+        return "hidden"
+
+    @attach(app)
+    async def index(self: App) -> str:
+        return "index"
+
+    assert (await run_app(app, http_scope("/secret"))).sent == plain_response(200, b"hidden")
+    assert (await run_app(app, http_scope("/"))).sent == plain_response(200, b"index")
+    assert seen == [True, False]
+
+
 async def test_json_subapp_handoff_preserves_json_namespace(app: App) -> None:
     child = App()
 

@@ -21,7 +21,12 @@ from hypothesis import strategies as st
 
 import micropie.http.multipart._form
 from micropie import App, HttpMiddleware, InMemorySessionBackend, MultipartFileError
-from micropie.http.multipart import CHECKPOINT_EVERY, DISCONNECT_GRACE, UploadStream, parse_boundary
+from micropie.http.multipart import (
+    ABANDONED_UPLOAD_GRACE,
+    CHECKPOINT_EVERY,
+    UploadStream,
+    parse_boundary,
+)
 from tests.support.asgi import Message, attach, body, http_scope, run_app
 from tests.support.drive import lifespan
 
@@ -964,7 +969,7 @@ async def test_a_handler_that_ignores_its_client_leaving_mid_upload_is_cancelled
     async with lifespan(app, running=sweeper):
         await upload_.run(app, upload_scope())
     assert (cancelled.is_set(), upload_.messages) == (True, [])
-    assert anyio.current_time() - start < DISCONNECT_GRACE + 1.0
+    assert anyio.current_time() - start < ABANDONED_UPLOAD_GRACE + 1.0
 
 
 @pytest.mark.anyio

@@ -1,7 +1,7 @@
 """ "Any ASGI server", tested: uvicorn and granian serve the same app as hypercorn does.
 
-Each server runs tests/support/apps/any_server.py in a subprocess on 127.0.0.1 (one process per server
-for the whole module; the tests use their own keys so they cannot see each other's state).
+Each server runs tests/support/apps/any_server.py in a subprocess on 127.0.0.1 (one process per
+server for the whole module; the tests use their own keys so they cannot see each other's state).
 Both servers run the app on asyncio; the clients run on both anyio backends. What the app did
 inside the server comes back over HTTP (``/happened/NAME``, see the app's docstring).
 

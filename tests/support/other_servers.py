@@ -1,9 +1,10 @@
 """ASGI servers other than hypercorn, run as subprocesses: uvicorn and granian.
 
-``start_server("uvicorn", "tests.support.apps.any_server:app")`` starts the server on 127.0.0.1 from the
-project root, waits (bounded) until it accepts connections and returns a ``CliServer`` (see
-tests/servers.py) with its ``url`` set: ``stop(signal.SIGTERM)``, ``wait_for_output(...)`` and
-``output`` work as for the micropie CLI, and leaving its ``with`` block kills what is left.
+``start_server("uvicorn", "tests.support.apps.any_server:app")`` starts the server on 127.0.0.1
+from the project root, waits (bounded) until it accepts connections and returns a ``CliServer``
+(see tests/support/servers.py) with its ``url`` set: ``stop(signal.SIGTERM)``,
+``wait_for_output(...)`` and ``output`` work as for the micropie CLI, and leaving its ``with``
+block kills what is left.
 
 uvicorn binds port 0 and logs the port it got. granian logs the port it was given, so it gets
 one that was free a moment ago (``free_port``); a clash shows up as a start-up failure. Its

@@ -25,12 +25,12 @@ step ends in progress, the end of the form or a released flag (a cancelled pulle
 and wakes the others), so reading several files in any order, from several tasks, cannot
 deadlock.
 
-Why no parser task: the parser needs 6.5 µs per 64 KiB chunk. A task that owns ``receive()``
-and hands each chunk to the handler's task pays a hand-off, a wake-up and a checkpoint per
-chunk (as much again as parsing), and per request a task group, a task and its cancellation
-(~140 µs, more than parsing a whole MiB). Pulling in the reader's own task costs a function
-call per chunk and nothing per request. It also gives backpressure for free: while nobody
-pulls, nothing is read, the server stops reading the socket and the client waits.
+Why no parser task: a task that owns ``receive()`` and hands each chunk to the handler's task
+pays a hand-off, a wake-up and a checkpoint per chunk (as much again as parsing the chunk), and
+per request a task group, a task and its cancellation (more than parsing a whole MiB; the
+figures are in benchmarks/README.md, "Multipart"). Pulling in the reader's own task costs a
+function call per chunk and nothing per request. It also gives backpressure for free: while
+nobody pulls, nothing is read, the server stops reading the socket and the client waits.
 
 Spill: data for a part nobody is reading is kept in memory while someone pulls for a later
 part (binding a field that follows an unread file, or reading files out of order). That is the
@@ -38,10 +38,11 @@ price of never deadlocking; it is bounded by ``max_body_size`` (which counts the
 so keep that limit when uploads are large and handlers read out of order.
 
 Checkpoints: ``receive()`` may return without yielding (in-process, or a server with messages
-queued), and one per chunk would cost a third of the parsing. A step yields once the messages
-read since the last checkpoint add up to ``CHECKPOINT_EVERY`` (each counts its size plus
-``MESSAGE_COST``, so a flood of tiny messages yields too): a client that never stops sending
-cannot starve the event loop, and a handler drains 4 MiB at most between two yields.
+queued), and a checkpoint per chunk would cost a good part of what parsing the chunk does. A
+step yields once the messages read since the last checkpoint add up to ``CHECKPOINT_EVERY``
+(each counts its size plus ``MESSAGE_COST``, so a flood of tiny messages yields too): a client
+that never stops sending cannot starve the event loop, and a handler drains 4 MiB at most
+between two yields.
 
 Deadlines: ``body_timeout`` applies to each ``receive()`` only while it is pending, through the
 connection's body deadline (the app-wide sweeper, or the scope's own deadline without lifespan):
@@ -54,7 +55,7 @@ end the form. An open (incomplete) file's ``get()`` then raises ``MultipartFileE
 (so the handler does not run), and when the user code ends the failure replaces its answer, also
 when the handler let ``MultipartFileError`` escape. A client that leaves mid-upload: the reader
 gets ``MultipartFileError``, nothing is sent, and the request's scope is cancelled
-``DISCONNECT_GRACE`` seconds later (a deadline on the scope, no task), so a handler that
+``ABANDONED_UPLOAD_GRACE`` seconds later (a deadline on the scope, no task), so a handler that
 ignores it cannot keep running. Once the body is in, the scope watches for the client leaving
 as for any request.
 
@@ -77,20 +78,22 @@ boundary parser.
 from micropie.http.multipart._boundary import MAX_BOUNDARY_LENGTH as MAX_BOUNDARY_LENGTH
 from micropie.http.multipart._boundary import parse_boundary
 from micropie.http.multipart._form import (
+    ABANDONED_UPLOAD_GRACE,
     CHECKPOINT_EVERY,
-    DISCONNECT_GRACE,
     MULTIPART_INSTALLED,
     MultipartForm,
+    MultipartLimits,
     open_form,
 )
 from micropie.http.multipart._form import MESSAGE_COST as MESSAGE_COST
 from micropie.http.multipart._upload import UploadStream
 
 __all__ = [
+    "ABANDONED_UPLOAD_GRACE",
     "CHECKPOINT_EVERY",
-    "DISCONNECT_GRACE",
     "MULTIPART_INSTALLED",
     "MultipartForm",
+    "MultipartLimits",
     "UploadStream",
     "open_form",
     "parse_boundary",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +13,7 @@ import anyio
 import anyio.lowlevel
 
 from micropie.core.errors import ClientDisconnected, HTTPError, MultipartFileError
+from micropie.http.bodies import BODY_TIMED_OUT
 from micropie.http.multipart._boundary import _MALFORMED, MAX_BOUNDARY_LENGTH, parse_boundary
 from micropie.http.multipart._upload import UploadStream
 from micropie.routing import MISSING
@@ -24,7 +26,6 @@ except ImportError:  # pragma: no cover - depends on the environment
     MULTIPART_INSTALLED = False
 
 if TYPE_CHECKING:
-    from micropie.app import App
     from micropie.core.types import Message, Receive
     from micropie.http.request import Request
     from micropie.lifetimes.disconnect import ConnectionScope
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("micropie")
 
 #: Seconds a handler has to clean up after its client left mid-upload; then it is cancelled.
-DISCONNECT_GRACE = 0.1
+ABANDONED_UPLOAD_GRACE = 0.1
 #: Body bytes read between two checkpoints (a ``receive()`` that never blocks must not starve).
 CHECKPOINT_EVERY = 4 * 1024 * 1024
 #: What one body message adds to its size towards ``CHECKPOINT_EVERY`` (for tiny messages).
@@ -43,10 +44,21 @@ _TOO_LARGE = "413 Payload Too Large"
 _FIELD_TOO_LARGE = "413 Payload Too Large: Multipart form field"
 _TOO_MANY_PARTS = "413 Payload Too Large: Too many multipart parts"
 _TOO_MANY_FILES = "413 Payload Too Large: Too many multipart files"
-_TIMED_OUT = "408 Request Timeout: Failed to receive body"
 
 #: What the user code may end with that a recorded upload failure (or a client gone) replaces.
 _REPLACEABLE = (ClientDisconnected, HTTPError, MultipartFileError)
+
+
+@dataclass(frozen=True, slots=True)
+class MultipartLimits:
+    """The app's settings a form reads (``body_timeout`` and the limits; ``None`` disables one),
+    taken when the request starts."""
+
+    body_timeout: float | None
+    max_body_size: int | None
+    max_field_size: int | None
+    max_parts: int | None
+    max_files: int | None
 
 
 class _TextField:
@@ -87,7 +99,7 @@ class MultipartForm:
 
     def __init__(
         self,
-        app: App,
+        limits: MultipartLimits,
         request: Request,
         receive: Receive,
         connection: ConnectionScope,
@@ -97,11 +109,11 @@ class MultipartForm:
         self._receive = receive
         self._connection = connection
         self._parser = parser
-        self._timeout = app.body_timeout
-        self._max_body_size = app.max_body_size
-        self._max_field_size = app.max_form_field_size
-        self._max_parts = app.max_multipart_parts
-        self._max_files = app.max_multipart_files
+        self._timeout = limits.body_timeout
+        self._max_body_size = limits.max_body_size
+        self._max_field_size = limits.max_field_size
+        self._max_parts = limits.max_parts
+        self._max_files = limits.max_files
         self._size = 0
         self._parts = 0
         self._files = 0
@@ -217,7 +229,7 @@ class MultipartForm:
             self._fail(HTTPError(400, _MALFORMED))
         except BaseException:
             if self._connection.cancel_scope.cancel_called and not self.client_left:
-                self._fail(HTTPError(408, _TIMED_OUT))  # the body deadline cancelled us
+                self._fail(HTTPError(408, BODY_TIMED_OUT))  # the body deadline cancelled us
             raise
         finally:
             self._pulling = False
@@ -285,7 +297,7 @@ class MultipartForm:
         if self._max_files is not None and self._files > self._max_files:
             raise HTTPError(413, _TOO_MANY_FILES)
         stream = UploadStream(self)
-        self._part, self._sink = stream, stream._chunks.append
+        self._part, self._sink = stream, stream._put
         self._request.files[name] = {
             "filename": segment.filename,
             "content_type": segment.header("Content-Type") or "application/octet-stream",
@@ -320,7 +332,7 @@ class MultipartForm:
         self.client_left = True
         self.ended = True
         self._close_part(ClientDisconnected("The client left during the upload"))
-        self._connection.client_gone(DISCONNECT_GRACE)
+        self._connection.client_gone(ABANDONED_UPLOAD_GRACE)
 
 
 def _open_parser(request: Request) -> Any:
@@ -340,11 +352,11 @@ def _open_parser(request: Request) -> Any:
 
 
 def open_form(
-    app: App, request: Request, receive: Receive, connection: ConnectionScope
+    limits: MultipartLimits, request: Request, receive: Receive, connection: ConnectionScope
 ) -> MultipartForm:
     """The form of a multipart request that runs in ``connection`` (``HTTPError`` if hopeless).
 
     Raises ``HTTPError`` for a request that cannot be parsed at all (no boundary, package
     missing); nothing is read until someone needs a field or a file.
     """
-    return MultipartForm(app, request, receive, connection, _open_parser(request))
+    return MultipartForm(limits, request, receive, connection, _open_parser(request))

@@ -82,9 +82,10 @@ class UploadStream:
             raise StopAsyncIteration
         return chunk
 
-    # --- the form's side -------------------------------------------------------------------
+    # --- the form's side (``_form`` fills the stream; handlers only read it) ------------------
 
     def _put(self, chunk: bytes) -> None:
+        """A chunk of the file's data arrived (the form's sink for this part)."""
         self._chunks.append(chunk)
 
     def _finish(self) -> None:
