@@ -912,6 +912,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--apps", default=None, help="default: both (smoke: micropie)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--soak-seconds", type=float, default=None, help="default 180")
+    parser.add_argument("--hold-seconds", type=float, default=None, help="default 30")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply counts (e.g. 0.1)")
     return parser.parse_args(argv)
 
@@ -932,6 +933,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         }
         settings = replace(settings, **scaled)
+    if args.hold_seconds is not None:
+        settings = replace(settings, hold_seconds=args.hold_seconds)
     if args.soak_seconds is not None:
         settings = replace(settings, soak_seconds=args.soak_seconds)
     apps = (args.apps or ("micropie" if args.smoke else ",".join(APPS))).split(",")

@@ -34,6 +34,7 @@ import gc
 import hashlib
 import os
 import sys
+import tempfile
 import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -98,18 +99,84 @@ def _malloc_trim() -> bool:
         return False
 
 
-def memory_probe(action: str) -> dict[str, Any]:
-    """What ``GET /memory?action=...`` answers (only with tracemalloc on, else an error).
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+            "fsmblks", "uordblks", "fordblks", "keepcost",
+        )
+    ]  # fmt: skip
 
-    ``baseline`` takes the snapshot later ones are compared with; ``sites`` answers the 15
-    allocation sites whose retained size grew most since then (file:line, KiB, count);
-    ``collect`` runs ``gc.collect()``; ``trim`` asks glibc to give free heap back to the kernel.
+
+def allocators() -> dict[str, Any]:
+    """Where the process's memory sits: glibc's heap (used, free) and mmaps, pymalloc's arenas."""
+    result: dict[str, Any] = {}
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = _MallInfo2
+        info = libc.mallinfo2()
+        result["glibc_heap_mib"] = info.arena / 2**20
+        result["glibc_heap_in_use_mib"] = info.uordblks / 2**20
+        result["glibc_heap_free_mib"] = info.fordblks / 2**20
+        result["glibc_mmapped_mib"] = info.hblkhd / 2**20
+    except (OSError, AttributeError):
+        pass
+    # sys._debugmallocstats() writes to the C stderr: read it through a temporary file.
+    with tempfile.TemporaryFile() as capture:
+        saved = os.dup(2)
+        try:
+            os.dup2(capture.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        capture.seek(0)
+        for line in capture.read().decode(errors="replace").splitlines():
+            for key, label in (
+                ("pymalloc_arenas", "# arenas allocated current"),
+                ("pymalloc_arenas_highwater", "# arenas highwater mark"),
+                ("pymalloc_used_mib", "# bytes in allocated blocks"),
+                ("pymalloc_free_mib", "# bytes in available blocks"),
+            ):
+                if line.startswith(label):
+                    value = int(line.split("=")[-1].strip().replace(",", ""))
+                    result[key] = value / 2**20 if key.endswith("mib") else value
+    return result
+
+
+def cyclic_garbage() -> dict[str, Any]:
+    """The types of the objects that only the cycle collector would free now, most common first."""
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    counts: dict[str, int] = {}
+    found = gc.collect()
+    for thing in gc.garbage:
+        name = f"{type(thing).__module__}.{type(thing).__qualname__}"
+        counts[name] = counts.get(name, 0) + 1
+    gc.garbage.clear()
+    gc.set_debug(0)
+    top = sorted(counts.items(), key=lambda item: -item[1])[:20]
+    return {"objects": found, "types": dict(top)}
+
+
+def memory_probe(action: str) -> dict[str, Any]:
+    """What ``GET /memory?action=...`` answers.
+
+    With tracemalloc on: ``baseline`` takes the snapshot later ones are compared with;
+    ``sites`` answers the 15 allocation sites whose retained size grew most since then
+    (file:line, KiB, count). Always: ``collect`` runs ``gc.collect()``; ``garbage`` names what
+    the cycle collector would free now; ``allocators`` says where memory sits; ``trim`` asks
+    glibc to give free heap pages back to the kernel.
     """
     global _baseline
     if action == "collect":
         return {"collected": gc.collect()}
     if action == "trim":
         return {"trimmed": _malloc_trim()}
+    if action == "allocators":
+        return allocators()
+    if action == "garbage":
+        return cyclic_garbage()
     if not tracemalloc.is_tracing():
         return {"error": "start the server with LOAD_TRACEMALLOC=1"}
     gc.collect()
