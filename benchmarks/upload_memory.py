@@ -33,24 +33,41 @@ from load import MIB, RESULTS, Server, request, upload_round
 HERE = Path(__file__).resolve().parent
 
 
+async def wait_idle(server: Server, idle_tasks: int, within: float = 30.0) -> float:
+    """Wait until the server runs no more tasks than when idle (+2); return the seconds taken.
+
+    The clients have closed their connections once a round's answers are in, but the server
+    may still be ending them: RSS read before that would count their buffers as "kept".
+    """
+    start = time.monotonic()
+    while time.monotonic() - start < within:
+        if (await server.stats())["tasks"] <= idle_tasks + 2:
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)  # and freed what they held
+    return time.monotonic() - start
+
+
 async def measure(app: str, worker: str, args: argparse.Namespace) -> dict[str, object]:
     env = dict(item.split("=", 1) for item in args.env)
     if args.tracemalloc:
         env["LOAD_TRACEMALLOC"] = "1"
     server = Server(app, worker, 3.0, env)
     rss: list[float] = []
+    settle: list[float] = []  # seconds until the round's connections had ended
     errors: list[str] = []
     sites: object = None
     try:
         await server.wait_ready()
         await asyncio.sleep(0.5)
+        idle_tasks = (await server.stats())["tasks"]
         start = server.rss() / MIB
         for round_number in range(1, args.rounds + 1):
             intact, round_errors = await upload_round(server.port, args.uploads, args.size)
             errors += round_errors
             if intact != args.uploads:
                 errors.append(f"round {round_number}: {intact}/{args.uploads} intact")
-            await asyncio.sleep(0.5)
+            settle.append(await wait_idle(server, idle_tasks))
             rss.append(server.rss() / MIB)
             if args.tracemalloc and round_number == 1:
                 await request(server.port, "GET", "/memory?action=baseline")
@@ -74,6 +91,7 @@ async def measure(app: str, worker: str, args: argparse.Namespace) -> dict[str, 
         "app": app,
         "start_mib": start,
         "rounds_mib": rss,
+        "settle_seconds": settle,
         "trimmed_mib": trimmed,
         "passed": passed,
         "errors": errors[:10],
@@ -115,6 +133,8 @@ def main() -> int:
                     for k, v in result[f"allocators_{when}_trim"].items()  # type: ignore[attr-defined]
                 }
                 print(f"    {when} trim: {shown}")
+            settled = ", ".join(f"{value:.1f}" for value in result["settle_seconds"])  # type: ignore[attr-defined]
+            print(f"    seconds until the server was idle after each round: {settled}")
             if result["errors"]:
                 print(f"errors: {result['errors']}")
             if result["sites"]:
