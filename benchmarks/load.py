@@ -87,6 +87,7 @@ class Settings:
     shutdown_requests: int = 50
     graceful_timeout: float = 3.0
     attack_within: float = 120.0  # the GETs beside the attackers must be sent by then
+    attackers: tuple[str, ...] | None = None  # None: all five
 
 
 SMOKE = Settings(
@@ -602,11 +603,16 @@ class Run:
     async def attack(self) -> Row:
         s = self.settings
         stop = asyncio.Event()
-        records = {name: Attack(name) for name in attackers(stop)}
+        chosen = {
+            name: once
+            for name, once in attackers(stop).items()
+            if s.attackers is None or name in s.attackers
+        }
+        records = {name: Attack(name) for name in chosen}
         async with asyncio.TaskGroup() as group:
             running = [
                 group.create_task(attack_loop(self.port, records[name], once, stop))
-                for name, once in attackers(stop).items()
+                for name, once in chosen.items()
             ]
             await asyncio.sleep(0.5)  # the attackers are sending
             latencies, errors = await get_loop(self.port, s.gets, s.concurrency, s.attack_within)
@@ -927,6 +933,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--apps", default=None, help="default: both (smoke: micropie)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--soak-seconds", type=float, default=None, help="default 180")
+    parser.add_argument(
+        "--attackers",
+        default=None,
+        help="comma-separated subset of: stalled, percent, json, parts, slowloris",
+    )
     parser.add_argument("--hold-seconds", type=float, default=None, help="default 30")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply counts (e.g. 0.1)")
     return parser.parse_args(argv)
@@ -948,6 +959,11 @@ def main(argv: list[str] | None = None) -> int:
             )
         }
         settings = replace(settings, **scaled)
+    if args.attackers is not None:
+        short = {"stalled": 0, "percent": 1, "json": 2, "parts": 3, "slowloris": 4}
+        names = list(attackers(asyncio.Event()))
+        chosen = tuple(names[short[name]] for name in args.attackers.split(","))
+        settings = replace(settings, attackers=chosen)
     if args.hold_seconds is not None:
         settings = replace(settings, hold_seconds=args.hold_seconds)
     if args.soak_seconds is not None:
