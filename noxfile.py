@@ -204,3 +204,14 @@ def bench(session: nox.Session) -> None:
     for script in ("inprocess", "wire", "websocket", "uploads"):
         session.run("python", f"benchmarks/{script}.py", *session.posargs)
     # benchmarks/fanout.py needs redis-server; run it by hand (see docs/broadcast.md).
+
+
+@nox.session
+def load(session: nox.Session) -> None:
+    """Load and fault suite (benchmarks/load.py) on hypercorn's asyncio and trio workers.
+
+    Not part of the default run. ``nox -s load -- --smoke`` is the CI subset (under a minute);
+    ``nox -s load -- --help`` lists the options.
+    """
+    session.install("-e", ".[bench]", "psutil>=5.9", "websockets>=13.0")
+    session.run("python", "benchmarks/load.py", *session.posargs)
