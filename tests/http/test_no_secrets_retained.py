@@ -9,7 +9,9 @@ process.
 from __future__ import annotations
 
 import gc
+import sys
 import uuid
+from types import CoroutineType, FrameType, GeneratorType, ModuleType
 from typing import Any
 
 import anyio
@@ -30,41 +32,41 @@ class Echoes(App):
         return 200, "ok", [("X-Token", token), ("Location", f"/next?token={token}")]
 
 
-def holders_of(secret: str) -> list[Any]:
-    """Every dict, list or tuple that holds ``secret`` inside a str or bytes.
+#: What ``holders_of`` does not enter: other modules, and running code.
+_NOT_SEARCHED = (ModuleType, FrameType, CoroutineType, GeneratorType)
+#: Most objects the search below visits; far more than micropie's own state holds.
+SEARCH_LIMIT = 1_000_000
 
-    ``gc.get_objects()`` lists only tracked containers, and CPython stops tracking a dict or
-    tuple that holds only strings: those are found as the referents of tracked objects (a
-    module's globals, for a module-level cache).
+
+def holders_of(secret: str) -> list[Any]:
+    """Every container reachable from micropie's modules that holds ``secret`` in a str or bytes.
+
+    A cache that outlives its response is reachable from a module (its globals, a class, a
+    function's closure or ``lru_cache``): so the search walks ``gc.get_referents`` from every
+    ``micropie`` module, without entering other modules (the stdlib's and the test runner's,
+    coverage's data included, which are large and not ours), nor running code (frames and
+    coroutines: the test's own locals hold the secret, and no cache lives there). Unlike a scan
+    of ``gc.get_objects()``, this also finds dicts and tuples of strings, which CPython does not
+    track.
     """
     needle_text, needle_bytes = secret, secret.encode()
-
-    def holds(item: Any) -> bool:
-        if isinstance(item, str):
-            return needle_text in item
-        if isinstance(item, bytes):
-            return needle_bytes in item
-        if isinstance(item, tuple):
-            return any(holds(part) for part in item if isinstance(part, str | bytes))
-        return False
-
-    tracked = gc.get_objects()
-    untracked = [
-        referent
-        for container in tracked
-        for referent in gc.get_referents(container)
-        if isinstance(referent, dict | list | tuple) and not gc.is_tracked(referent)
-    ]
+    roots = [module for name, module in sys.modules.items() if name.split(".")[0] == "micropie"]
+    seen = {id(module) for module in roots}
+    pending: list[Any] = list(roots)
     found = []
-    for container in [*tracked, *untracked]:
-        if isinstance(container, dict):
-            items = [*container.keys(), *container.values()]
-        elif isinstance(container, list | tuple):
-            items = list(container)
-        else:
-            continue
-        if any(holds(item) for item in items):
-            found.append(container)
+    while pending:
+        assert len(seen) < SEARCH_LIMIT, "the search left micropie's own state"
+        container = pending.pop()
+        for item in gc.get_referents(container):
+            if isinstance(item, str):
+                if needle_text in item:
+                    found.append(container)
+            elif isinstance(item, bytes):
+                if needle_bytes in item:
+                    found.append(container)
+            elif id(item) not in seen and not isinstance(item, _NOT_SEARCHED):
+                seen.add(id(item))
+                pending.append(item)
     return found
 
 
