@@ -362,6 +362,8 @@ class Settings:
     batch_seconds: float
     requests_in: str = "task"  # "task": a fresh task per request; "loop": all in one task
     in_flight: int = 32  # request tasks started together (``requests_in == "task"``)
+    profile: str | None = None  # a route name: count its calls instead of timing
+    profile_limit: int = 60
 
 
 async def one_round(settings: Settings, results: Results, backend: str, round_index: int) -> None:
@@ -424,6 +426,92 @@ def run(settings: Settings) -> Results:
             anyio.run(one_round, settings, results, backend, round_index, backend=backend)
         print(f"  round {round_index + 1}/{settings.rounds} done", file=sys.stderr, flush=True)
     return results
+
+
+# --------------------------------------------------------------------------- call profile
+
+PROFILE_REQUESTS = 2000  # requests profiled per app and backend (after as many unprofiled)
+
+
+@dataclass
+class CallProfile:
+    """cProfile's calls for one app on one backend, per request."""
+
+    total: float  # every call cProfile saw, builtins included
+    python: float  # calls of functions written in Python
+    by_function: list[tuple[float, str]]  # (calls per request, function), most called first
+
+
+async def profile_app(
+    settings: Settings, name: str, route: Route, backend: str
+) -> CallProfile | str:
+    """Count the calls one ``route`` request makes in app ``name``, or say why it cannot."""
+    import cProfile
+    import pstats
+
+    app = apps.build(name)
+    stop = anyio.Event()
+    in_flight = settings.in_flight if settings.requests_in == "task" else 0
+    async with anyio.create_task_group() as tg:
+        state = await tg.start(run_lifespan, app, stop)
+        reason = await check(app, route, state)
+        if reason is None:
+            measure = partial(time_requests, app, route, state, in_flight=in_flight)
+            await measure(PROFILE_REQUESTS, backend=backend)  # warm every cache first
+            profiler = cProfile.Profile()
+            profiler.enable()
+            await measure(PROFILE_REQUESTS, backend=backend)
+            profiler.disable()
+        stop.set()
+    if reason is not None:
+        return reason
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    rows: list[tuple[float, str]] = []
+    total = python = 0.0
+    for (filename, line, function), (_, ncalls, *_rest) in stats.items():
+        per_request = ncalls / PROFILE_REQUESTS
+        total += per_request
+        if filename != "~":
+            python += per_request
+            where = f"{shorten(filename)}:{line}({function})"
+        else:
+            where = function
+        rows.append((per_request, where))
+    rows.sort(key=lambda row: (-row[0], row[1]))
+    return CallProfile(total, python, rows)
+
+
+def shorten(filename: str) -> str:
+    """A path from its package on: ``anyio/_backends/_asyncio.py``, ``micropie/app.py``."""
+    parts = Path(filename).parts
+    for anchor in ("site-packages", "benchmarks", "lib"):
+        if anchor in parts:
+            return "/".join(parts[parts.index(anchor) + 1 :])
+    repo = apps.REPO_ROOT.parts
+    return "/".join(parts[len(repo) :]) if parts[: len(repo)] == repo else filename
+
+
+def profile(settings: Settings, route_name: str, limit: int) -> str:
+    """Markdown: calls per request of ``route_name`` for every app on every backend."""
+    route = next(r for r in ROUTES if r.name == route_name)
+    lines = [f"### Calls per `{route.name}` request, {mode_label(settings)} (cProfile)\n"]
+    for backend in settings.backends:
+        for name in settings.apps:
+            found = anyio.run(profile_app, settings, name, route, backend, backend=backend)
+            if isinstance(found, str):
+                lines.append(f"#### {name} on {backend}: not profiled ({found})\n")
+                continue
+            lines.append(
+                f"#### {name} on {backend}: {found.total:.1f} calls per request,"
+                f" {found.python:.1f} of Python functions\n"
+            )
+            lines.append("| calls/request | function |")
+            lines.append("|---:|---|")
+            for per_request, where in found.by_function[:limit]:
+                if per_request >= 0.01:
+                    lines.append(f"| {per_request:.2f} | `{where}` |")
+            lines.append("")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- reporting
@@ -629,6 +717,13 @@ def parse_args(argv: list[str] | None) -> Settings:
     parser.add_argument(
         "--in-flight", type=int, default=32, help="request tasks started together (task mode)"
     )
+    parser.add_argument(
+        "--profile",
+        metavar="ROUTE",
+        help="instead of timing, count the calls one request of ROUTE (e.g. 'GET /') makes in"
+        " each app with cProfile, per function",
+    )
+    parser.add_argument("--profile-limit", type=int, default=60, help="functions listed per app")
     args = parser.parse_args(argv)
     names = [name for name in args.apps.split(",") if name]
     if "raw" not in names:
@@ -643,6 +738,8 @@ def parse_args(argv: list[str] | None) -> Settings:
         batch_seconds=args.batch_ms / 1000,
         requests_in=args.requests_in,
         in_flight=max(1, args.in_flight),
+        profile=args.profile,
+        profile_limit=args.profile_limit,
     )
 
 
@@ -652,6 +749,9 @@ def main(argv: list[str] | None = None) -> None:
     for name, reason in skipped.items():
         print(f"skipping {name}: it does not import ({reason})", file=sys.stderr)
     settings.apps = ready
+    if settings.profile:
+        print(profile(settings, settings.profile, settings.profile_limit))
+        return
     env = environment()
     results = run(settings)
     print(markdown(settings, results, skipped))
