@@ -88,6 +88,10 @@ class Settings:
     graceful_timeout: float = 3.0
     attack_within: float = 120.0  # the GETs beside the attackers must be sent by then
     attackers: tuple[str, ...] | None = None  # None: all five
+    #: Whether the attack's GET p99 must stay within 2x the baseline. The smoke run (CI) only
+    #: reports it: a latency bound on a few hundred requests on a shared machine is a timed test,
+    #: and timed tests are flaky; the full run keeps it as a criterion.
+    latency_is_criterion: bool = True
 
 
 SMOKE = Settings(
@@ -101,6 +105,7 @@ SMOKE = Settings(
     shutdown_requests=5,
     graceful_timeout=2.0,
     attack_within=8.0,
+    latency_is_criterion=False,
 )
 
 
@@ -622,13 +627,16 @@ class Run:
                 task.cancel()
         p99 = percentile(latencies, 0.99)
         bound = 2 * (self.baseline_p99 or p99)
+        within_bound = p99 <= bound or not s.latency_is_criterion
         return self.row(
             "attack",
             f"{len(errors)} errors, p50 {percentile(latencies, 0.5) * 1000:.1f} ms, "
-            f"p99 {p99 * 1000:.1f} ms (bound {bound * 1000:.1f}); "
+            f"p99 {p99 * 1000:.1f} ms (bound {bound * 1000:.1f}"
+            + ("" if s.latency_is_criterion else ", reported only")
+            + "); "
             + "; ".join(record.summary() for record in records.values()),
-            "0 errors, p99 ≤ 2x gets p99",
-            not errors and p99 <= bound,
+            "0 errors, p99 ≤ 2x gets p99" if s.latency_is_criterion else "0 errors",
+            not errors and within_bound,
             p99_ms=p99 * 1000,
             bound_ms=bound * 1000,
             errors=errors[:10],
