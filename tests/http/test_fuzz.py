@@ -63,7 +63,9 @@ class FuzzApp(App):
 
         return chunks()
 
-    async def upload(self, file: dict[str, Any]) -> dict[str, Any]:
+    async def upload(self, file: dict[str, Any] | str) -> dict[str, Any]:
+        if isinstance(file, str):  # a part with an empty filename is a plain field
+            return {"size": len(file), "filename": None}
         size = 0
         while (chunk := await file["content"].get()) is not None:
             size += len(chunk)
