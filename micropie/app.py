@@ -3,7 +3,9 @@
 An HTTP request goes: parse → session → body → middleware → route → bind → call →
 ``after_request`` → save the session → respond. Each step is a call into the module that owns
 it. The user's code (middleware, handler, ``after_request``) runs inside a ``ConnectionScope``,
-so a client that leaves cancels it (see ``disconnect``).
+so a client that leaves cancels it (see ``disconnect``), unless the handler is ``@shielded``
+or the app has ``cancel_on_disconnect=False``; a handler with a time limit (``@time_limit``,
+``request_timeout``) runs in a cancel scope with that deadline (see ``lifetimes.policy``).
 """
 
 from __future__ import annotations
@@ -144,7 +146,8 @@ class App:
 
     ``/greet/Alice?x=1`` calls ``greet(self, "Alice")`` (parameters bind from path segments,
     then the query, form fields, JSON keys and uploaded files); ``ws_chat`` answers WebSocket
-    connections at ``/chat``. See the README for the settings below.
+    connections at ``/chat``. See the README for the settings below; ``cancel_on_disconnect``
+    and ``request_timeout`` are in docs/lifetimes.md ("Protecting work from cancellation").
     """
 
     def __init__(

@@ -32,6 +32,14 @@ The sweeper also enforces the body timeout: a reading request records when its c
 swept past that time, it cancels itself. One timer for all requests instead of one per body
 chunk: per-message cancel scopes or deadlines cost a loop timer each on asyncio.
 
+A handler may ask for less (``policy``): a ``@shielded`` one (every one, with
+``App(cancel_on_disconnect=False)``) calls ``keep_running()``, and then the watcher only
+records that the client left. A handler that asks (``is_disconnected()``,
+``wait_for_disconnect()``) gets its watcher at once rather than at the next round, so it learns
+as soon as the server tells; while the body is still being read (a multipart upload), the
+reader is the one that sees the client leave (``client_gone``), and the watcher waits. Once the
+block has ended nothing reads ``receive()`` for it any more: a stream has its own watcher.
+
 Without lifespan (a server that does not run it, or a test driving ``app(scope, receive, send)``
 directly) there is no sweeper: each request opens its own task group, starts its watcher as soon
 as it is watchable and puts body deadlines on its own scope (anyio's clock). Slower, with the
