@@ -444,3 +444,38 @@ def test_time_limit_rejects_a_limit_that_is_not_positive() -> None:
         time_limit(0)
     with pytest.raises(ValueError, match="request_timeout"):
         App(request_timeout=-1)
+
+
+async def test_a_stream_from_a_shielded_handler_still_stops_when_its_client_leaves(
+    with_lifespan: bool,
+) -> None:
+    """There is no one to send to: shielded or not, the stream ends and its generator closes."""
+    sending = anyio.Event()
+    closed = anyio.Event()
+
+    class Feed(App):
+        @shielded
+        async def feed(self) -> Any:
+            async def ticks() -> Any:
+                try:
+                    while True:
+                        yield b"tick\n"
+                        sending.set()
+                        await anyio.sleep(0.01)
+                finally:
+                    closed.set()
+
+            return ticks()
+
+    app = Feed()
+    client = Client()
+    async with lifespan(app, running=with_lifespan):
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(app, http_scope("/feed"), client.receive, client.send)
+                await sending.wait()
+                client.leave()
+                with anyio.fail_after(PROMPTLY):
+                    await closed.wait()
+    assert client.sent[0]["status"] == 200
+    assert client.pending_receives == 0
