@@ -13,6 +13,7 @@ from micropie.core import asyncio_hint
 from micropie.core.errors import MultipartFileError
 from micropie.http.multipart import MULTIPART_INSTALLED
 from micropie.http.request import Request, WebSocketRequest, current_request
+from micropie.lifetimes.policy import shielded, time_limit
 from micropie.middleware import HttpMiddleware, WebSocketMiddleware
 from micropie.routing.mount import url_path
 from micropie.sessions import SESSION_TIMEOUT, InMemorySessionBackend, SessionBackend
@@ -42,5 +43,7 @@ __all__ = [
     "WebSocketRequest",
     "__version__",
     "current_request",
+    "shielded",
+    "time_limit",
     "url_path",
 ]

@@ -3,7 +3,9 @@
 An HTTP request goes: parse → session → body → middleware → route → bind → call →
 ``after_request`` → save the session → respond. Each step is a call into the module that owns
 it. The user's code (middleware, handler, ``after_request``) runs inside a ``ConnectionScope``,
-so a client that leaves cancels it (see ``disconnect``).
+so a client that leaves cancels it (see ``disconnect``), unless the handler is ``@shielded``
+or the app has ``cancel_on_disconnect=False``; a handler with a time limit (``@time_limit``,
+``request_timeout``) runs in a cancel scope with that deadline (see ``lifetimes.policy``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,13 @@ from micropie.core.errors import ClientDisconnected, HTTPError, MultipartFileErr
 from micropie.core.types import ASGIApp, Message, Receive, Scope, Send
 from micropie.http import bodies, redirects
 from micropie.http.multipart import MultipartForm, MultipartLimits, open_form
-from micropie.http.request import Request, current_request, scan_headers, set_by_middleware
+from micropie.http.request import (
+    Request,
+    attach_connection,
+    current_request,
+    scan_headers,
+    set_by_middleware,
+)
 from micropie.http.responses import (
     PlainResponse,
     encode_headers,
@@ -39,6 +47,7 @@ from micropie.http.streaming import answer_head, send_stream
 from micropie.http.urlencoded import UrlencodedParser
 from micropie.lifetimes.disconnect import ConnectionScope, DisconnectSweeper
 from micropie.lifetimes.lifespan import AppLifetime
+from micropie.lifetimes.policy import APP_DEFAULT, PLAIN
 from micropie.middleware import HttpMiddleware, WebSocketMiddleware
 from micropie.routing import PendingForm
 from micropie.routing.mount import route_path
@@ -81,6 +90,7 @@ DEFAULT_MAX_MULTIPART_FILES = 1000
 DEFAULT_WS_MAX_MESSAGE_SIZE = 1024 * 1024
 
 _NOT_FOUND = "404 Not Found"
+_TIMED_OUT = "503 Service Unavailable: Request timed out"
 _NOT_MADE = object()  # App.env before its first use
 
 #: A Starlette-style lifespan: ``lifespan(app)`` is an async context manager entered at startup
@@ -136,7 +146,8 @@ class App:
 
     ``/greet/Alice?x=1`` calls ``greet(self, "Alice")`` (parameters bind from path segments,
     then the query, form fields, JSON keys and uploaded files); ``ws_chat`` answers WebSocket
-    connections at ``/chat``. See the README for the settings below.
+    connections at ``/chat``. See the README for the settings below; ``cancel_on_disconnect``
+    and ``request_timeout`` are in docs/lifetimes.md ("Protecting work from cancellation").
     """
 
     def __init__(
@@ -156,6 +167,8 @@ class App:
         ws_max_message_size: int | None = DEFAULT_WS_MAX_MESSAGE_SIZE,
         lifespan: Lifespan | None = None,
         max_form_fields: int | None = DEFAULT_MAX_FORM_FIELDS,
+        cancel_on_disconnect: bool = True,
+        request_timeout: float | None = None,
     ) -> None:
         _positive_or_none("body_timeout", body_timeout)
         _positive_or_none("max_body_size", max_body_size)
@@ -164,6 +177,7 @@ class App:
         _positive_or_none("max_multipart_parts", max_multipart_parts)
         _positive_or_none("max_multipart_files", max_multipart_files)
         _positive_or_none("ws_max_message_size", ws_max_message_size)
+        _positive_or_none("request_timeout", request_timeout)
         if session_timeout <= 0:
             raise ValueError("session_timeout must be positive")
         if not callable(session_id_factory):
@@ -178,6 +192,8 @@ class App:
         self.max_multipart_parts = max_multipart_parts
         self.max_multipart_files = max_multipart_files
         self.ws_max_message_size = ws_max_message_size
+        self.cancel_on_disconnect = cancel_on_disconnect
+        self.request_timeout = request_timeout
         self.session_timeout = session_timeout
         self.session_cookie_secure = session_cookie_secure
         self.session_id_factory = session_id_factory
@@ -237,13 +253,14 @@ class App:
             try:
                 session, media_type = await self._prepare(request)
                 connection, form = self._connection_for(request, receive, media_type)
+                answer = None  # stays None when the user code is cancelled
                 async with connection:
                     if connection.reading and form is None:
                         await self._read_body(request, receive, connection, str(media_type))
-                    status, body, headers = await self._run_user_code(request, form)
+                    answer = await self._run_user_code(request, form, connection)
                 sub_app = set_by_middleware(request, "_subapp")
-                if not (connection.timed_out or connection.client_left or sub_app is not None):
-                    await self._save_session(request, session, headers)
+                if answer is not None and not (connection.timed_out or sub_app is not None):
+                    await self._save_session(request, session, answer[2], connection.client_left)
             except _Answered as answered:
                 await send_plain(send, *answered.response)
                 return
@@ -258,12 +275,12 @@ class App:
                 return
             if connection.timed_out:
                 await send_plain(send, *error_response(408, bodies.BODY_TIMED_OUT))
-            elif connection.client_left:
-                return
+            elif answer is None or connection.client_left:
+                return  # cancelled, or a handler that kept running: there is no one to answer
             elif sub_app is not None:
                 await self._hand_over(sub_app, request, session, receive, send)
             else:
-                await self._respond(request, receive, send, status, body, headers)
+                await self._respond(request, receive, send, *answer, connection.deadline)
         except Exception as error:
             if not is_send_failure(error):
                 raise
@@ -295,7 +312,13 @@ class App:
         on demand, so the handler runs while the upload is still arriving (``HTTPError`` for one
         without a boundary).
         """
-        connection = ConnectionScope(receive, self._sweeper, reading=media_type is not None)
+        connection = ConnectionScope(
+            receive,
+            self._sweeper,
+            reading=media_type is not None,
+            keep_running=not self.cancel_on_disconnect,
+        )
+        attach_connection(request, connection)
         if media_type is None or "multipart/form-data" not in media_type:
             return connection, None
         limits = MultipartLimits(
@@ -328,7 +351,7 @@ class App:
         await bodies.parse_body(request, body, media_type, form)
 
     def _run_user_code(
-        self, request: Request, form: MultipartForm | None
+        self, request: Request, form: MultipartForm | None, connection: ConnectionScope
     ) -> Coroutine[Any, Any, tuple[int, Any, list[Any]]]:
         """Middleware, routing, binding, the handler and ``after_request`` (awaitable).
 
@@ -337,17 +360,17 @@ class App:
         handing back a coroutine: ordinary requests pay for no extra frame.
         """
         if form is None:
-            return self._user_code(request, None)
-        return self._user_code_with_upload(request, form)
+            return self._user_code(request, None, connection)
+        return self._user_code_with_upload(request, form, connection)
 
     async def _user_code_with_upload(
-        self, request: Request, form: MultipartForm
+        self, request: Request, form: MultipartForm, connection: ConnectionScope
     ) -> tuple[int, Any, list[Any]]:
         with form.answering():
-            return await self._user_code(request, form)
+            return await self._user_code(request, form, connection)
 
     async def _user_code(
-        self, request: Request, form: PendingForm | None
+        self, request: Request, form: PendingForm | None, connection: ConnectionScope
     ) -> tuple[int, Any, list[Any]]:
         """The user code itself; binding waits for the form fields the handler takes."""
         for middleware in self.middlewares:
@@ -364,11 +387,16 @@ class App:
             form.check()  # an upload that already failed never reaches the handler
         args, kwargs = routing.bind_http(plan, request)
         try:
-            result = handler(*args, **kwargs)
-            if plan.is_coroutine or inspect.isawaitable(result):
-                result = await result
-        except (HTTPError, MultipartFileError):
-            raise  # the upload's own answer (413, 400, 408) or a client that left
+            if plan.policy is PLAIN and self.request_timeout is None:
+                result = handler(*args, **kwargs)
+                if plan.is_coroutine or inspect.isawaitable(result):
+                    result = await result
+            else:
+                result = await self._call_with_policy(
+                    request, connection, handler, plan, args, kwargs
+                )
+        except (HTTPError, MultipartFileError, _Answered):
+            raise  # the upload's own answer (413, 400, 408), a client that left, a time-out
         except Exception:
             logger.exception("Unhandled exception in HTTP handler for %s", request.path)
             raise _Answered(error_response(500, "500 Internal Server Error")) from None
@@ -380,6 +408,34 @@ class App:
                 body = override.get("body", body)
                 headers = list(override.get("headers", headers))
         return status, body, headers
+
+    async def _call_with_policy(
+        self,
+        request: Request,
+        connection: ConnectionScope,
+        handler: Callable[..., Any],
+        plan: routing.HandlerPlan,
+        args: list[Any],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """Call a handler that is ``@shielded``, has a time limit, or both (``policy``)."""
+        if plan.policy.shielded:
+            connection.keep_running()
+        limit = plan.policy.time_limit
+        if limit is APP_DEFAULT:
+            limit = self.request_timeout
+        if limit is None:
+            return await _called(handler, plan, args, kwargs)
+        with connection.time_limit(limit):
+            return await _called(handler, plan, args, kwargs)
+        logger.warning(
+            "%s %s: the handler %s ran out of its time limit (%g s); answered 503",
+            request.method,
+            request.path,
+            getattr(handler, "__name__", handler),
+            limit,
+        )
+        raise _Answered(error_response(503, _TIMED_OUT))
 
     def _route(self, request: Request) -> tuple[Callable[..., Any], routing.HandlerPlan]:
         """The handler for this request and its binding plan (``HTTPError(404)`` if none).
@@ -424,29 +480,43 @@ class App:
         status: int,
         body: Any,
         headers: list[Any],
+        deadline: float,
     ) -> None:
+        """Send the answer; a stream is cut off at the handler's time limit (``deadline``)."""
         if is_stream(body):
             if request.method == "HEAD":  # headers now; an endless stream must not hold it
                 await answer_head(send, status, encode_headers(headers), body)
                 return
-            await send_stream(
-                send,
-                receive,
-                status,
-                encode_headers(headers),
-                body,
-                request.path,
-                self._lifetime.stopping,
-            )
+            with anyio.CancelScope(deadline=deadline) as time_limit:
+                await send_stream(
+                    send,
+                    receive,
+                    status,
+                    encode_headers(headers),
+                    body,
+                    request.path,
+                    self._lifetime.stopping,
+                )
+            if time_limit.cancelled_caught:
+                logger.warning(
+                    "%s %s: the stream ran out of its time limit; cut off",
+                    request.method,
+                    request.path,
+                )
         else:
             await send_plain(send, status, encode_headers(headers), plain_body(body))
 
     async def _save_session(
-        self, request: Request, session: SessionState | None, headers: list[Any]
+        self,
+        request: Request,
+        session: SessionState | None,
+        headers: list[Any],
+        client_left: bool,
     ) -> None:
-        """Save the session if the request has one, adding its cookie to ``headers``."""
+        """Save the session if the request has one, adding its cookie to ``headers``; after the
+        client left (a handler that kept running), only a session the client already has."""
         if request.session or session is not None:
-            cookie = await save_session(self, request, session)
+            cookie = await save_session(self, request, session, client_left=client_left)
             if cookie is not None:
                 headers.append(("Set-Cookie", cookie))
 
@@ -533,3 +603,13 @@ class App:
         from micropie.serving import run
 
         run(self, host=host, port=port, **options)
+
+
+async def _called(
+    handler: Callable[..., Any], plan: routing.HandlerPlan, args: list[Any], kwargs: dict[str, Any]
+) -> Any:
+    """What ``handler(*args, **kwargs)`` gives, awaited if it is awaitable."""
+    result = handler(*args, **kwargs)
+    if plan.is_coroutine or inspect.isawaitable(result):
+        result = await result
+    return result

@@ -8,7 +8,7 @@ parsed on first use, so a request that never looks at them never pays for them.
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import Any, Generic, Literal, TypeVar, cast
+from typing import Any, Generic, Literal, Protocol, TypeVar, cast
 from urllib.parse import parse_qs
 
 from micropie.core.types import Scope
@@ -16,10 +16,12 @@ from micropie.core.types import Scope
 _V = TypeVar("_V")
 
 __all__ = [
+    "ClientPresence",
     "Headers",
     "MiddlewareHook",
     "Request",
     "WebSocketRequest",
+    "attach_connection",
     "current_request",
     "parse_urlencoded",
     "set_by_middleware",
@@ -102,6 +104,14 @@ def parse_cookies(header: str) -> dict[str, str]:
     return cookies
 
 
+class ClientPresence(Protocol):
+    """What a request asks its connection (``lifetimes.disconnect.ConnectionScope``)."""
+
+    async def is_disconnected(self) -> bool: ...
+
+    async def wait_for_disconnect(self) -> None: ...
+
+
 class _MadeOnFirstUse(Generic[_V]):
     """A request attribute that is a dict made on first use: what a parent app put in the
     scope under ``key`` for a sub-app, or else an empty dict.
@@ -146,6 +156,7 @@ class Request:
     _headers: Headers | None = None
     _query_params: dict[str, list[str]] | None = None
     _cookies: dict[str, str] | None = None
+    _connection: ClientPresence | None = None
 
     body_params: _MadeOnFirstUse[dict[str, list[str]]] = _MadeOnFirstUse("body_params")
     files: _MadeOnFirstUse[dict[str, Any]] = _MadeOnFirstUse("files")
@@ -236,6 +247,38 @@ class Request:
     def regenerate_session(self) -> None:
         """Give the session a fresh id when it is saved (do this after a login)."""
         self._regenerate_session = True
+
+    async def is_disconnected(self) -> bool:
+        """Whether the client has left, without reading anything the handler has not read.
+
+        Cheap enough to poll in a loop (no task per call; it is a checkpoint). Useful in a
+        ``@shielded`` handler, or inside a shield, to stop early: in a plain handler the client
+        leaving cancels the handler at its next checkpoint, this one included. While a
+        multipart upload is still arriving, the upload's reader is what reads from the client:
+        this tells what it has seen (the part being read fails when the client leaves).
+        """
+        return await self._presence().is_disconnected()
+
+    async def wait_for_disconnect(self) -> None:
+        """Return when the client has left (for a ``@shielded`` handler that can stop early).
+
+        Reads nothing the handler has not read (see ``is_disconnected``). In a plain handler
+        the client leaving cancels the wait itself, with the rest of the handler.
+        """
+        await self._presence().wait_for_disconnect()
+
+    def _presence(self) -> ClientPresence:
+        if self._connection is None:
+            raise RuntimeError(
+                "is_disconnected() and wait_for_disconnect() work only in an HTTP request the"
+                " app is handling"
+            )
+        return self._connection
+
+
+def attach_connection(request: Request, connection: ClientPresence) -> None:
+    """The connection ``request`` arrived on: the one its disconnect checks ask."""
+    request._connection = connection
 
 
 class WebSocketRequest(Request):

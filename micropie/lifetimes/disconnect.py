@@ -32,6 +32,14 @@ The sweeper also enforces the body timeout: a reading request records when its c
 swept past that time, it cancels itself. One timer for all requests instead of one per body
 chunk: per-message cancel scopes or deadlines cost a loop timer each on asyncio.
 
+A handler may ask for less (``policy``): a ``@shielded`` one (every one, with
+``App(cancel_on_disconnect=False)``) calls ``keep_running()``, and then the watcher only
+records that the client left. A handler that asks (``is_disconnected()``,
+``wait_for_disconnect()``) gets its watcher at once rather than at the next round, so it learns
+as soon as the server tells; while the body is still being read (a multipart upload), the
+reader is the one that sees the client leave (``client_gone``), and the watcher waits. Once the
+block has ended nothing reads ``receive()`` for it any more: a stream has its own watcher.
+
 Without lifespan (a server that does not run it, or a test driving ``app(scope, receive, send)``
 directly) there is no sweeper: each request opens its own task group, starts its watcher as soon
 as it is watchable and puts body deadlines on its own scope (anyio's clock). Slower, with the
@@ -50,7 +58,7 @@ import anyio.abc
 import anyio.lowlevel
 
 from micropie.core.concurrency import collapse_excgroups
-from micropie.core.types import Receive
+from micropie.core.types import Message, Receive
 from micropie.lifetimes.sweeper import SWEEP_INTERVAL, DisconnectSweeper, clock
 
 __all__ = [
@@ -63,23 +71,36 @@ __all__ = [
 logger = logging.getLogger("micropie")
 
 
-async def watch_for_disconnect(receive: Receive, cancel_scope: anyio.CancelScope) -> bool:
-    """Read ``receive()`` until the client leaves, then cancel ``cancel_scope``.
+async def until_disconnect(receive: Receive) -> None:
+    """Read ``receive()`` until the client leaves.
 
-    Returns ``True`` when the client left (the caller may record why before the cancelled
-    task runs again: cancellation is delivered at its next checkpoint). Other messages (a body
-    nobody asked for) are dropped; a ``receive()`` that fails is treated as the client leaving.
+    Other messages (a body nobody asked for) are dropped; a ``receive()`` that fails is
+    treated as the client leaving.
     """
     while True:
         try:
             message = await receive()
         except Exception:
             logger.debug("receive() failed; treating it as a disconnect", exc_info=True)
-            message = {"type": "http.disconnect"}
+            return
         if message["type"] in ("http.disconnect", "websocket.disconnect"):
-            cancel_scope.cancel()
-            return True
+            return
         await anyio.lowlevel.checkpoint()  # a receive() that never blocks must not starve the loop
+
+
+async def watch_for_disconnect(receive: Receive, cancel_scope: anyio.CancelScope) -> bool:
+    """Read ``receive()`` until the client leaves, then cancel ``cancel_scope``.
+
+    Returns ``True`` when the client left (the caller may record why before the cancelled
+    task runs again: cancellation is delivered at its next checkpoint).
+    """
+    await until_disconnect(receive)
+    cancel_scope.cancel()
+    return True
+
+
+async def _no_receive() -> Message:
+    raise RuntimeError("the request's ASGI call has ended")
 
 
 class ConnectionScope:
@@ -90,10 +111,17 @@ class ConnectionScope:
     starts by reading the body: call ``expect_body_within(seconds)`` before each ``receive()``
     and ``start_watching()`` once the body is in. Registered with the sweeper, it is one of the
     things it sweeps (``sweeper.Swept``): every change of its state happens in its own methods.
+
+    With ``keep_running=True`` (or after ``keep_running()``) the client leaving is recorded
+    but cancels nothing: the block runs to its end (``@shielded``, ``cancel_on_disconnect``).
+    ``is_disconnected()`` and ``wait_for_disconnect()`` let the code in the block ask.
     """
 
     __slots__ = (
         "_body_deadline",
+        "_closed",
+        "_keep_running",
+        "_left",
         "_receive",
         "_seen",
         "_stalled",
@@ -103,11 +131,17 @@ class ConnectionScope:
         "_watcher_scope",
         "cancel_scope",
         "client_left",
+        "deadline",
         "reading",
     )
 
     def __init__(
-        self, receive: Receive, sweeper: DisconnectSweeper, *, reading: bool = False
+        self,
+        receive: Receive,
+        sweeper: DisconnectSweeper,
+        *,
+        reading: bool = False,
+        keep_running: bool = False,
     ) -> None:
         self._receive = receive
         self._sweeper = sweeper
@@ -120,6 +154,10 @@ class ConnectionScope:
         self._seen = False  # swept in a round already
         self._watcher_scope: anyio.CancelScope | None = None
         self._watcher_done: anyio.Event | None = None
+        self._keep_running = keep_running
+        self._left: anyio.Event | None = None  # made by the first wait_for_disconnect()
+        self.deadline = math.inf  # the handler's time limit, on anyio's clock
+        self._closed = False  # the block has ended: nothing may read receive() for it any more
 
     @property
     def timed_out(self) -> bool:
@@ -165,7 +203,7 @@ class ConnectionScope:
         was reading gets to see the failure and clean up, and code that ignores it cannot keep
         running. A deadline on the scope, so no task is needed.
         """
-        self.client_left = True
+        self._client_left()
         self._body_deadline = None
         deadline = anyio.current_time() + grace
         if deadline < self.cancel_scope.deadline:
@@ -191,10 +229,62 @@ class ConnectionScope:
     def _watch_from_second_round(self, task_group: anyio.abc.TaskGroup) -> None:
         if not self._seen:
             self._seen = True
-        elif self._watcher_scope is None:
+        else:
+            self._start_watcher(task_group)
+
+    def _start_watcher(self, task_group: anyio.abc.TaskGroup) -> None:
+        if self._watcher_scope is None:
+            self._seen = True
             self._watcher_scope = anyio.CancelScope()
             self._watcher_done = anyio.Event()
             task_group.start_soon(self._watched, self._watcher_scope, self._watcher_done)
+
+    def keep_running(self) -> None:
+        """From now on the client leaving cancels nothing (a ``@shielded`` handler was found).
+
+        A disconnect already seen has already cancelled the block: the handler was not yet
+        running then, and never starts.
+        """
+        self._keep_running = True
+
+    def time_limit(self, seconds: float) -> anyio.CancelScope:
+        """A cancel scope for the handler, ending ``seconds`` from now; ``deadline`` keeps the
+        time, by which a streamed response must also have been sent."""
+        self.deadline = anyio.current_time() + seconds
+        return anyio.CancelScope(deadline=self.deadline)
+
+    def _watch_now(self) -> None:
+        """Someone asks whether the client left: watch from now on, not from the next sweep.
+
+        While the body is being read, its reader sees a disconnect (``client_gone``) and no
+        watcher may read ``receive()`` beside it. Without a sweeper the watcher already runs.
+        """
+        if self.reading or self.client_left or self._closed or self._task_group is not None:
+            return
+        task_group = self._sweeper.task_group
+        if task_group is not None:
+            self._start_watcher(task_group)
+
+    async def is_disconnected(self) -> bool:
+        """Whether the client has left (as far as anyone reading from it has seen, now)."""
+        self._watch_now()
+        await anyio.lowlevel.checkpoint()  # lets the watcher take a message already waiting
+        return self.client_left
+
+    async def wait_for_disconnect(self) -> None:
+        """Return when the client has left."""
+        self._watch_now()
+        if self.client_left:
+            await anyio.lowlevel.checkpoint()
+            return
+        if self._left is None:
+            self._left = anyio.Event()
+        await self._left.wait()
+
+    def _client_left(self) -> None:
+        self.client_left = True
+        if self._left is not None:
+            self._left.set()
 
     def going_away(self) -> None:
         """Graceful shutdown leaves a request in flight alone: the server bounds its time."""
@@ -205,24 +295,31 @@ class ConnectionScope:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        suppressed = self.cancel_scope.__exit__(exc_type, exc, tb)
-        if suppressed:
-            exc_type = exc = tb = None
-        if self._task_group is not None:
-            self._task_group.cancel_scope.cancel()
-            with collapse_excgroups():
-                return bool(await self._task_group.__aexit__(exc_type, exc, tb)) or suppressed
-        self._sweeper.unregister(self)
-        if self._watcher_scope is not None and self._watcher_done is not None:
-            self._watcher_scope.cancel()
-            with anyio.CancelScope(shield=True):
-                await self._watcher_done.wait()
-        return suppressed
+        self._closed = True
+        try:
+            suppressed = self.cancel_scope.__exit__(exc_type, exc, tb)
+            if suppressed:
+                exc_type = exc = tb = None
+            if self._task_group is not None:
+                self._task_group.cancel_scope.cancel()
+                with collapse_excgroups():
+                    return bool(await self._task_group.__aexit__(exc_type, exc, tb)) or suppressed
+            self._sweeper.unregister(self)
+            if self._watcher_scope is not None and self._watcher_done is not None:
+                self._watcher_scope.cancel()
+                with anyio.CancelScope(shield=True):
+                    await self._watcher_done.wait()
+            return suppressed
+        finally:
+            self._receive = _no_receive  # the request may outlive the call: keep none of it
 
     async def watch(self) -> None:
-        """The watcher task: cancel the request when its client leaves."""
-        if await watch_for_disconnect(self._receive, self.cancel_scope):
-            self.client_left = True
+        """The watcher task: cancel the request when its client leaves (unless it keeps
+        running); either way, record that it left."""
+        await until_disconnect(self._receive)
+        if not self._keep_running:
+            self.cancel_scope.cancel()
+        self._client_left()
 
     async def _watched(self, scope: anyio.CancelScope, done: anyio.Event) -> None:
         """The watcher, as the sweeper's task group runs it: in ``scope``, which ``__aexit__``

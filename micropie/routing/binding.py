@@ -20,6 +20,7 @@ from functools import partial
 from typing import Any, Protocol
 
 from micropie.core.errors import HTTPError
+from micropie.lifetimes.policy import HandlerPolicy, policy_of
 
 __all__ = [
     "MISSING",
@@ -80,6 +81,8 @@ class HandlerPlan:
     accepts_positional: bool
     var_keyword: bool
     is_coroutine: bool
+    #: ``@shielded`` and ``@time_limit``, read once here rather than on every request.
+    policy: HandlerPolicy
 
 
 def _signature(handler: Callable[..., Any]) -> inspect.Signature:
@@ -108,6 +111,7 @@ def plan_for(raw: Any, handler: Callable[..., Any]) -> HandlerPlan:
         ),
         var_keyword=any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters),
         is_coroutine=inspect.iscoroutinefunction(handler),
+        policy=policy_of(handler),
     )
     if len(_plans) >= _PLAN_CACHE_LIMIT:  # handlers replaced at run time: never grow unbounded
         _plans.clear()

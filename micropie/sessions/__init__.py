@@ -223,15 +223,28 @@ async def load_sent_session(
 
 
 async def save_session(
-    settings: SessionSettings, request: Request, state: SessionState | None
+    settings: SessionSettings,
+    request: Request,
+    state: SessionState | None,
+    *,
+    client_left: bool = False,
 ) -> str | None:
     """Persist ``request.session`` after a successful response; return a new cookie, if any.
 
     ``state`` is ``None`` when the request came without a session cookie (nothing was loaded).
+    With ``client_left`` (a shielded handler finished after its client left) only a session
+    the client already has is saved: one that needs a new cookie is not, since it would never
+    reach the client.
     """
     if state is None:
+        if client_left:
+            return None
         state = SessionState(settings.session_backend)
     old_id = state.session_id
+    if client_left and (
+        old_id is None or (request.session and (request._regenerate_session or state.was_empty))
+    ):
+        return None
     if not request.session:
         if old_id is not None:
             await state.backend.save(old_id, {}, 0)

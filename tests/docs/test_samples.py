@@ -47,6 +47,7 @@ TESTED = {
     "fanout/redis_sessions.py",
     "fanout/sse_feed.py",
     "lifetimes/app.py",
+    "lifetimes/protect.py",
     "middleware/app.py",
     "migration/differences.py",
     "requests/app.py",
@@ -402,6 +403,34 @@ async def test_lifetimes(sample_modules: None) -> None:
         with anyio.move_on_after(0.2):  # the client gives up: the handler is cancelled
             await client.get("/slow")
         assert app.state["slow_finished"] is True  # its finally ran before the request ended
+
+
+@pytest.mark.anyio
+async def test_lifetimes_protect(sample_modules: None) -> None:
+    app = load("lifetimes/protect.py").app
+    async with TestClient(app) as client:
+        with anyio.move_on_after(0.02):  # the client leaves during the shielded write
+            await client.post("/transfer", params={"amount": 5})
+        assert app.ledger == [("transfer", 5)]  # written; the handler stopped right after
+        with anyio.move_on_after(0.02):  # the client leaves during the charge
+            await client.post("/checkout", params={"order": "A1"})
+        assert app.ledger[1:] == [("charge", "A1"), ("ship", "A1")]  # finished all the same
+        assert (await client.post("/receipt", params={"order": "A1"})).text == "queued"
+        for _ in range(500):  # written after the request ended, by the app's task
+            if app.ledger[-1] == ("receipt", "A1"):
+                break
+            await anyio.sleep(0.01)
+        else:
+            pytest.fail("the receipt was never written")
+        with anyio.fail_after(5):
+            report = await client.get("/report")
+        assert report.status_code == 503
+        assert report.text == "503 Service Unavailable: Request timed out"
+        assert (await client.get("/export", params={"rows": 2})).text == "2 rows"
+        app.ledger.clear()
+        with anyio.move_on_after(0.3):  # the client leaves during the second row
+            await client.get("/export")
+        assert 1 <= len(app.ledger) <= 3  # the export noticed and stopped early
 
 
 # --- fan-out -----------------------------------------------------------------------------------
