@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import anyio
 import anyio.to_thread
+from anyio.lowlevel import RunVar
 
 from micropie.core import json_codec
 from micropie.core.errors import ClientDisconnected, HTTPError
@@ -138,14 +139,37 @@ def _paused_gc() -> Iterator[None]:
             gc.collect(0)
 
 
+#: One large JSON parse at a time per event loop (see ``_parse_json``).
+_json_parse_slot: RunVar[anyio.CapacityLimiter] = RunVar("micropie_json_parse_slot")
+
+
+def _json_parse_limiter() -> anyio.CapacityLimiter:
+    try:
+        return _json_parse_slot.get()
+    except LookupError:
+        limiter = anyio.CapacityLimiter(1)
+        _json_parse_slot.set(limiter)
+        return limiter
+
+
 def _parse_large_json(body: bytes) -> Any:
     with _paused_gc():
         return json_codec.loads(body)
 
 
 async def _parse_json(body: bytes) -> Any:
+    """Parse a JSON body: a small one here, a large one in a worker thread, one at a time.
+
+    Parses in several threads would gain nothing, since each holds the GIL for its whole
+    document, and would cost the event loop dearly: each time the loop thread gives up the GIL
+    it queues behind every waiting parse. One at a time, the loop waits for one parse at most;
+    the others wait their turn on the loop, as any awaiting task does (and a client that leaves
+    cancels its wait).
+    """
     if len(body) > OFFLOAD_THRESHOLD:
-        return await anyio.to_thread.run_sync(_parse_large_json, body)
+        return await anyio.to_thread.run_sync(
+            _parse_large_json, body, limiter=_json_parse_limiter()
+        )
     return json_codec.loads(body)
 
 
