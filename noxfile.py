@@ -213,5 +213,7 @@ def load(session: nox.Session) -> None:
     Not part of the default run. ``nox -s load -- --smoke`` is the CI subset (under a minute);
     ``nox -s load -- --help`` lists the options.
     """
-    session.install("-e", ".[all]", *group("bench"), "psutil>=5.9", "websockets>=13.0")
+    session.install(
+        "-e", ".[all]", *group("bench"), "psutil>=5.9", "websockets>=13.0", "sniffio>=1.3"
+    )
     session.run("python", "benchmarks/load.py", *session.posargs)

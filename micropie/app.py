@@ -71,6 +71,7 @@ __all__ = [
     "DEFAULT_MAX_BODY_SIZE",
     "DEFAULT_MAX_FORM_FIELDS",
     "DEFAULT_MAX_FORM_FIELD_SIZE",
+    "DEFAULT_MAX_JSON_SIZE",
     "App",
 ]
 
@@ -82,6 +83,9 @@ DEFAULT_MAX_BODY_SIZE = 16 * 1024 * 1024
 DEFAULT_MAX_FORM_FIELD_SIZE = 1024 * 1024
 #: Most fields one urlencoded body may have; more get 413.
 DEFAULT_MAX_FORM_FIELDS = 1000
+#: Largest JSON body accepted by default (1 MiB); bigger ones get 413. Parsing holds the GIL for
+#: the whole document, so this bounds how long one body can stall the event loop.
+DEFAULT_MAX_JSON_SIZE = 1024 * 1024
 #: Most parts (fields and files) one multipart body may have; more get 413.
 DEFAULT_MAX_MULTIPART_PARTS = 1000
 #: Most files one multipart body may carry; more get 413.
@@ -167,6 +171,7 @@ class App:
         ws_max_message_size: int | None = DEFAULT_WS_MAX_MESSAGE_SIZE,
         lifespan: Lifespan | None = None,
         max_form_fields: int | None = DEFAULT_MAX_FORM_FIELDS,
+        max_json_size: int | None = DEFAULT_MAX_JSON_SIZE,
         cancel_on_disconnect: bool = True,
         request_timeout: float | None = None,
     ) -> None:
@@ -174,6 +179,7 @@ class App:
         _positive_or_none("max_body_size", max_body_size)
         _positive_or_none("max_form_field_size", max_form_field_size)
         _positive_or_none("max_form_fields", max_form_fields)
+        _positive_or_none("max_json_size", max_json_size)
         _positive_or_none("max_multipart_parts", max_multipart_parts)
         _positive_or_none("max_multipart_files", max_multipart_files)
         _positive_or_none("ws_max_message_size", ws_max_message_size)
@@ -189,6 +195,7 @@ class App:
         self.max_body_size = max_body_size
         self.max_form_field_size = max_form_field_size
         self.max_form_fields = max_form_fields
+        self.max_json_size = max_json_size
         self.max_multipart_parts = max_multipart_parts
         self.max_multipart_files = max_multipart_files
         self.ws_max_message_size = ws_max_message_size
@@ -296,11 +303,19 @@ class App:
         Returns the session state and, for a request whose body must be read, its media type.
         """
         content_length, media_type, has_cookie = scan_headers(request.scope)
-        bodies.check_content_length(content_length, self.max_body_size)
+        bodies.check_content_length(content_length, self._body_limit(media_type))
         session = await load_sent_session(self, request, has_cookie)
         if request.method in bodies.BODY_METHODS and not request.body_parsed:
             return session, media_type
         return session, None
+
+    def _body_limit(self, media_type: str | None) -> int | None:
+        """The largest body of this media type: ``max_body_size``, and ``max_json_size`` too
+        for JSON (the smaller wins; ``None`` is no limit)."""
+        if media_type is None or not bodies.is_json(media_type):
+            return self.max_body_size
+        limits = [limit for limit in (self.max_body_size, self.max_json_size) if limit is not None]
+        return min(limits, default=None)
 
     def _connection_for(
         self, request: Request, receive: Receive, media_type: str | None
@@ -342,7 +357,7 @@ class App:
             form = UrlencodedParser(self.max_form_field_size, self.max_form_fields)
         body = await bodies.read_body(
             receive,
-            max_size=self.max_body_size,
+            max_size=self._body_limit(media_type),
             idle_timeout=self.body_timeout,
             deadlines=connection,
             on_chunk=None if form is None else form.feed,

@@ -7,16 +7,23 @@ against a client that trickles a body: servers have no body timeout of their own
 
 An urlencoded body is parsed while it arrives (``urlencoded.UrlencodedParser``: each message is
 split into fields, each field decoded in bounded steps, the field limits checked at once). A JSON
-body is parsed once it is whole; bodies above ``OFFLOAD_THRESHOLD`` in a worker thread.
+body is parsed once it is whole; bodies above ``OFFLOAD_THRESHOLD`` in a worker thread, with the
+cyclic garbage collector paused (``_paused_gc``). The thread does not spare the event loop the
+parse itself: the parser holds the GIL for the whole document, which is why JSON bodies have a
+limit of their own (``App.max_json_size``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar
+import gc
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
 
 import anyio
 import anyio.to_thread
+from anyio.lowlevel import RunVar
 
 from micropie.core import json_codec
 from micropie.core.errors import ClientDisconnected, HTTPError
@@ -41,8 +48,6 @@ BODY_TIMED_OUT = "408 Request Timeout: Failed to receive body"
 
 #: Bodies larger than this are parsed off the event loop thread (bytes).
 OFFLOAD_THRESHOLD = 64 * 1024
-
-_T = TypeVar("_T")
 
 
 def check_content_length(content_length: bytes | None, max_body_size: int | None) -> None:
@@ -97,10 +102,75 @@ async def read_body(
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def _parse(body: bytes, parse: Callable[[bytes], _T]) -> _T:
+_gc_pause_lock = threading.Lock()
+_gc_pauses = 0  # parses running with the collector paused
+_gc_resume = False  # whether the last of them turns it back on
+
+
+@contextmanager
+def _paused_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a large JSON document is built.
+
+    Building a document of many small lists or objects triggers a collection every few hundred
+    containers, each one walking the containers made so far, all inside the parser's single
+    call, under the GIL, so the event loop waits for all of it. A parsed document has no
+    cycles; the collector need not look at it while it is built. Afterwards one young
+    collection takes in what was made, so the work is done once, here, and not on the event
+    loop at its next allocation. The collector is process-wide: the first of concurrent
+    parses pauses it and the last resumes it, only if it was enabled to begin with; while a
+    parse runs the GIL is held by the parser, so no other code runs without the collector
+    for long.
+    """
+    global _gc_pauses, _gc_resume
+    with _gc_pause_lock:
+        if _gc_pauses == 0:
+            _gc_resume = gc.isenabled()
+            gc.disable()
+        _gc_pauses += 1
+    try:
+        yield
+    finally:
+        with _gc_pause_lock:
+            _gc_pauses -= 1
+            resume = _gc_pauses == 0 and _gc_resume
+            if resume:
+                gc.enable()
+        if resume:
+            gc.collect(0)
+
+
+#: One large JSON parse at a time per event loop (see ``_parse_json``).
+_json_parse_slot: RunVar[anyio.CapacityLimiter] = RunVar("micropie_json_parse_slot")
+
+
+def _json_parse_limiter() -> anyio.CapacityLimiter:
+    try:
+        return _json_parse_slot.get()
+    except LookupError:
+        limiter = anyio.CapacityLimiter(1)
+        _json_parse_slot.set(limiter)
+        return limiter
+
+
+def _parse_large_json(body: bytes) -> Any:
+    with _paused_gc():
+        return json_codec.loads(body)
+
+
+async def _parse_json(body: bytes) -> Any:
+    """Parse a JSON body: a small one here, a large one in a worker thread, one at a time.
+
+    Parses in several threads would gain nothing, since each holds the GIL for its whole
+    document, and would cost the event loop dearly: each time the loop thread gives up the GIL
+    it queues behind every waiting parse. One at a time, the loop waits for one parse at most;
+    the others wait their turn on the loop, as any awaiting task does (and a client that leaves
+    cancels its wait).
+    """
     if len(body) > OFFLOAD_THRESHOLD:
-        return await anyio.to_thread.run_sync(parse, body)
-    return parse(body)
+        return await anyio.to_thread.run_sync(
+            _parse_large_json, body, limiter=_json_parse_limiter()
+        )
+    return json_codec.loads(body)
 
 
 def is_json(media_type: str) -> bool:
@@ -119,7 +189,7 @@ async def parse_body(
     request.body = body
     if form is None:
         try:
-            request._json = await _parse(body, json_codec.loads)
+            request._json = await _parse_json(body)
         except ValueError:
             raise HTTPError(400, "400 Bad Request: Bad JSON") from None
     else:
