@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from micropie import App
-from micropie.core.types import Message
+from tests.support.drive import post_in_chunks
 from tests.support.servers import running_server
 
 pytestmark = pytest.mark.anyio
@@ -40,36 +40,8 @@ async def post(app: App, body: bytes, chunk_size: int | None = None) -> tuple[in
     """Send ``body`` (in messages of ``chunk_size``); the status, the body and how many
     messages the app took (it stops early when a limit is hit)."""
     size = chunk_size or max(len(body), 1)
-    chunks = [body[i : i + size] for i in range(0, len(body), size)] or [b""]
-    taken = 0
-    sent: list[Message] = []
-    stalled = anyio.Event()
-
-    async def receive() -> Message:
-        nonlocal taken
-        if taken < len(chunks):
-            taken += 1
-            return {
-                "type": "http.request",
-                "body": chunks[taken - 1],
-                "more_body": taken < len(chunks),
-            }
-        await stalled.wait()  # an open connection: nothing more comes
-        return {"type": "http.disconnect"}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/echo",
-        "headers": [FORM],
-        "query_string": b"",
-    }
     with anyio.fail_after(10):
-        await app(scope, receive, send)
-    return sent[0]["status"], sent[1]["body"], taken
+        return await post_in_chunks(app, "/echo", body, [FORM], chunk_size=size)
 
 
 def fields(count: int, value: bytes = b"v") -> bytes:

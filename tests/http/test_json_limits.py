@@ -13,8 +13,8 @@ import anyio
 import pytest
 
 from micropie import App
-from micropie.core.types import Message
 from micropie.http import bodies
+from tests.support.drive import post_in_chunks
 
 pytestmark = pytest.mark.anyio
 
@@ -44,39 +44,11 @@ async def post(
 ) -> tuple[int, bytes, int]:
     """Send ``body`` in messages of 64 KiB; the status, the answer and how many messages the
     app took (a limit crossed stops the reading)."""
-    chunks = [body[i : i + 65536] for i in range(0, len(body), 65536)] or [b""]
-    taken = 0
-    sent: list[Message] = []
-    stalled = anyio.Event()
-
-    async def receive() -> Message:
-        nonlocal taken
-        if taken < len(chunks):
-            taken += 1
-            return {
-                "type": "http.request",
-                "body": chunks[taken - 1],
-                "more_body": taken < len(chunks),
-            }
-        await stalled.wait()  # an open connection: nothing more comes
-        return {"type": "http.disconnect"}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
     headers = [content_type]
     if length:
         headers.append((b"content-length", str(len(body)).encode()))
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/echo",
-        "headers": headers,
-        "query_string": b"",
-    }
     with anyio.fail_after(20):
-        await app(scope, receive, send)
-    return sent[0]["status"], sent[1]["body"], taken
+        return await post_in_chunks(app, "/echo", body, headers, chunk_size=65536)
 
 
 @pytest.mark.parametrize("length", [True, False], ids=["content-length", "no-length"])

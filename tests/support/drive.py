@@ -45,6 +45,45 @@ def http_scope(path: str) -> dict[str, Any]:
     return {"type": "http", "method": "GET", "path": path, "headers": [], "query_string": b""}
 
 
+async def post_in_chunks(
+    app: App,
+    path: str,
+    body: bytes,
+    headers: list[tuple[bytes, bytes]],
+    *,
+    chunk_size: int,
+) -> tuple[int, bytes, int]:
+    """POST ``body`` to ``app`` in messages of ``chunk_size`` bytes; the status, the answer
+    and how many messages the app took (a limit crossed stops the reading early).
+
+    After the last message the connection stays open (nothing more comes): the caller bounds
+    the call (``anyio.fail_after``), so an app that waited for more fails the test.
+    """
+    chunks = [body[i : i + chunk_size] for i in range(0, len(body), chunk_size)] or [b""]
+    taken = 0
+    sent: list[dict[str, Any]] = []
+    stalled = anyio.Event()
+
+    async def receive() -> dict[str, Any]:
+        nonlocal taken
+        if taken < len(chunks):
+            taken += 1
+            return {
+                "type": "http.request",
+                "body": chunks[taken - 1],
+                "more_body": taken < len(chunks),
+            }
+        await stalled.wait()  # an open connection: nothing more comes
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {**http_scope(path), "method": "POST", "headers": headers}
+    await app(scope, receive, send)
+    return sent[0]["status"], sent[1]["body"], taken
+
+
 @asynccontextmanager
 async def lifespan(
     app: App, *, running: bool = True, state: dict[str, Any] | None = None
