@@ -64,7 +64,7 @@ def _encode_header(name: Any, value: Any) -> tuple[bytes, bytes] | None:
     return raw_name, raw_value
 
 
-_TOKEN_TEXT = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TOKEN_TEXT = re.compile(_TOKEN.pattern.decode("ascii"))  # the same rule, for str names
 
 
 def _checked_header(header: Any) -> tuple[bytes, bytes] | None:

@@ -88,15 +88,10 @@ async def until_disconnect(receive: Receive) -> None:
         await anyio.lowlevel.checkpoint()  # a receive() that never blocks must not starve the loop
 
 
-async def watch_for_disconnect(receive: Receive, cancel_scope: anyio.CancelScope) -> bool:
-    """Read ``receive()`` until the client leaves, then cancel ``cancel_scope``.
-
-    Returns ``True`` when the client left (the caller may record why before the cancelled
-    task runs again: cancellation is delivered at its next checkpoint).
-    """
+async def watch_for_disconnect(receive: Receive, cancel_scope: anyio.CancelScope) -> None:
+    """Read ``receive()`` until the client leaves, then cancel ``cancel_scope``."""
     await until_disconnect(receive)
     cancel_scope.cancel()
-    return True
 
 
 async def _no_receive() -> Message:
