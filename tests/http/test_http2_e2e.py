@@ -24,6 +24,7 @@ import trustme
 
 from micropie import App
 from micropie.http.sse import ServerSentEvent, sse
+from tests.support.apps.common_routes import CommonRoutes
 from tests.support.h2_client import H2Client
 from tests.support.servers import running_server
 
@@ -33,7 +34,7 @@ pytestmark = pytest.mark.anyio
 UPLOAD_SIZE = 300_000
 
 
-class Http2App(App):
+class Http2App(CommonRoutes, App):
     """Routes for each kind of answer, and events that record a handler's end."""
 
     def __init__(self) -> None:
@@ -47,30 +48,6 @@ class Http2App(App):
 
     async def index(self) -> str:
         return f"home over {self.request.scope['http_version']}"
-
-    async def echo(self) -> dict[str, Any]:
-        return {"json": self.request.json()}
-
-    async def upload(self, title: str, doc: dict[str, Any]) -> dict[str, Any]:
-        digest = hashlib.sha256()
-        size = 0
-        async for chunk in doc["content"]:
-            digest.update(chunk)
-            size += len(chunk)
-        return {
-            "title": title,
-            "filename": doc["filename"],
-            "size": size,
-            "sha256": digest.hexdigest(),
-        }
-
-    async def count(self, n: int) -> AsyncIterator[bytes]:
-        async def numbers() -> AsyncIterator[bytes]:
-            for i in range(n):
-                yield f"{i};".encode()
-                await anyio.lowlevel.checkpoint()
-
-        return numbers()
 
     async def events(self) -> Any:
         async def ticks() -> AsyncIterator[ServerSentEvent]:

@@ -9,10 +9,8 @@ KEY, so the tests can share one server process.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -20,6 +18,7 @@ import sniffio
 
 from examples.websockets.app import MyApp
 from micropie import ConnectionClosed, WebSocket
+from tests.support.apps.common_routes import CommonRoutes
 
 #: What the test reads in the server's output (WARNING: printed even where nobody set up logging).
 report = logging.getLogger("tests.any_server")
@@ -28,7 +27,7 @@ report = logging.getLogger("tests.any_server")
 WAIT_SECONDS = 5.0
 
 
-class AnyServerApp(MyApp):
+class AnyServerApp(CommonRoutes, MyApp):
     def __init__(self) -> None:
         super().__init__()
         # Created on first use: an anyio.Event needs the running event loop.
@@ -53,30 +52,6 @@ class AnyServerApp(MyApp):
         with anyio.move_on_after(WAIT_SECONDS):
             await self._moment(name).wait()
         return "yes" if self._moment(name).is_set() else "no"
-
-    async def echo(self) -> dict[str, Any]:
-        return {"json": self.request.json()}
-
-    async def upload(self, title: str, doc: dict[str, Any]) -> dict[str, Any]:
-        digest = hashlib.sha256()
-        size = 0
-        async for chunk in doc["content"]:
-            digest.update(chunk)
-            size += len(chunk)
-        return {
-            "title": title,
-            "filename": doc["filename"],
-            "size": size,
-            "sha256": digest.hexdigest(),
-        }
-
-    async def count(self, n: int) -> AsyncIterator[bytes]:
-        async def numbers() -> AsyncIterator[bytes]:
-            for i in range(n):
-                yield f"{i};".encode()
-                await anyio.lowlevel.checkpoint()
-
-        return numbers()
 
     async def slow(self, key: str) -> str:
         self._moment(f"{key}-started").set()
