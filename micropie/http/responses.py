@@ -160,7 +160,8 @@ def is_stream(body: Any) -> bool:
 
 
 def plain_body(body: Any) -> bytes:
-    """The bytes of a non-streamed body (``None`` is empty, as SPEC B11 fixes)."""
+    """The bytes of a non-streamed body (``None`` is empty; MicroPie 0.32 sent ``b"None"``, see
+    docs/migration.md)."""
     if isinstance(body, bytes):
         return body
     if isinstance(body, str):
