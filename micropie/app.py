@@ -59,8 +59,10 @@ from micropie.sessions import (
     SessionIdFactory,
     SessionIdValidator,
     SessionState,
+    carries_session,
     generate_session_id,
-    load_sent_session,
+    has_session,
+    load_session,
     save_session,
     validate_session_id,
 )
@@ -258,15 +260,18 @@ class App:
         token = current_request.set(request)
         try:
             try:
-                session, media_type = await self._prepare(request)
+                media_type, has_cookie = self._check_framing(request)
+                session = await load_session(self, request) if has_cookie else None
                 connection, form = self._connection_for(request, receive, media_type)
                 answer = None  # stays None when the user code is cancelled
                 async with connection:
                     if connection.reading and form is None:
                         await self._read_body(request, receive, connection, str(media_type))
                     answer = await self._run_user_code(request, form, connection)
-                sub_app = set_by_middleware(request, "_subapp")
-                if answer is not None and not (connection.timed_out or sub_app is not None):
+                timed_out = connection.timed_out
+                sub_app = set_by_middleware(request, "_subapp") if self.middlewares else None
+                has_a_session = session is not None or has_session(request)
+                if has_a_session and answer is not None and not timed_out and sub_app is None:
                     await self._save_session(request, session, answer[2], connection.client_left)
             except _Answered as answered:
                 await send_plain(send, *answered.response)
@@ -280,7 +285,7 @@ class App:
                 logger.exception("Unhandled exception while handling %s", request.path)
                 await send_plain(send, *error_response(500, "500 Internal Server Error"))
                 return
-            if connection.timed_out:
+            if timed_out:
                 await send_plain(send, *error_response(408, bodies.BODY_TIMED_OUT))
             elif answer is None or connection.client_left:
                 return  # cancelled, or a handler that kept running: there is no one to answer
@@ -297,17 +302,20 @@ class App:
 
     # --- the steps of a request ------------------------------------------------------------
 
-    async def _prepare(self, request: Request) -> tuple[SessionState | None, str | None]:
-        """Check the framing headers and load the session: all that comes before the body.
+    def _check_framing(self, request: Request) -> tuple[str | None, bool]:
+        """Check the framing headers: all that comes before the body and the session.
 
-        Returns the session state and, for a request whose body must be read, its media type.
+        Returns the media type of a body that must be read (``None`` if there is none to
+        read) and whether there may be a session to load (a cookie, or one in the scope).
         """
-        content_length, media_type, has_cookie = scan_headers(request.scope)
-        bodies.check_content_length(content_length, self._body_limit(media_type))
-        session = await load_sent_session(self, request, has_cookie)
+        scope = request.scope
+        content_length, media_type, has_cookie = scan_headers(scope)
+        if content_length is not None:
+            bodies.check_content_length(content_length, self._body_limit(media_type))
+        has_cookie = has_cookie or carries_session(scope)
         if request.method in bodies.BODY_METHODS and not request.body_parsed:
-            return session, media_type
-        return session, None
+            return media_type, has_cookie
+        return None, has_cookie
 
     def _body_limit(self, media_type: str | None) -> int | None:
         """The largest body of this media type: ``max_body_size``, and ``max_json_size`` too
@@ -388,14 +396,15 @@ class App:
         self, request: Request, form: PendingForm | None, connection: ConnectionScope
     ) -> tuple[int, Any, list[Any]]:
         """The user code itself; binding waits for the form fields the handler takes."""
-        for middleware in self.middlewares:
-            short_circuit = await middleware.before_request(request)
-            if short_circuit:
-                raise _Answered(self._short_circuit(short_circuit))
-        if set_by_middleware(request, "_subapp") is not None:
-            if form is not None:
-                await form.complete()
-            return 0, None, []
+        if self.middlewares:
+            for middleware in self.middlewares:
+                short_circuit = await middleware.before_request(request)
+                if short_circuit:
+                    raise _Answered(self._short_circuit(short_circuit))
+            if set_by_middleware(request, "_subapp") is not None:
+                if form is not None:
+                    await form.complete()
+                return 0, None, []
         handler, plan = self._route(request)
         if form is not None:
             await routing.wait_for_form_fields(plan, request, form)
@@ -463,7 +472,7 @@ class App:
         """
         path = route_path(request.scope).lstrip("/")
         segments = path.split("/") if path else []
-        name = set_by_middleware(request, "_route_handler")
+        name = set_by_middleware(request, "_route_handler") if self.middlewares else None
         if name is None:
             name = segments[0] if segments else "index"
             if name.startswith(("_", "ws_")):
@@ -488,7 +497,22 @@ class App:
         )
         return status, encode_headers(headers), plain_body(body)
 
-    async def _respond(
+    def _respond(
+        self,
+        request: Request,
+        receive: Receive,
+        send: Send,
+        status: int,
+        body: Any,
+        headers: list[Any],
+        deadline: float,
+    ) -> Awaitable[None]:
+        """Send the answer (awaitable; a plain one pays for no extra coroutine frame)."""
+        if is_stream(body):
+            return self._stream(request, receive, send, status, body, headers, deadline)
+        return send_plain(send, status, encode_headers(headers), plain_body(body))
+
+    async def _stream(
         self,
         request: Request,
         receive: Receive,
@@ -498,29 +522,26 @@ class App:
         headers: list[Any],
         deadline: float,
     ) -> None:
-        """Send the answer; a stream is cut off at the handler's time limit (``deadline``)."""
-        if is_stream(body):
-            if request.method == "HEAD":  # headers now; an endless stream must not hold it
-                await answer_head(send, status, encode_headers(headers), body)
-                return
-            with anyio.CancelScope(deadline=deadline) as time_limit:
-                await send_stream(
-                    send,
-                    receive,
-                    status,
-                    encode_headers(headers),
-                    body,
-                    request.path,
-                    self._lifetime.stopping,
-                )
-            if time_limit.cancelled_caught:
-                logger.warning(
-                    "%s %s: the stream ran out of its time limit; cut off",
-                    request.method,
-                    request.path,
-                )
-        else:
-            await send_plain(send, status, encode_headers(headers), plain_body(body))
+        """Stream the answer; it is cut off at the handler's time limit (``deadline``)."""
+        if request.method == "HEAD":  # headers now; an endless stream must not hold it
+            await answer_head(send, status, encode_headers(headers), body)
+            return
+        with anyio.CancelScope(deadline=deadline) as time_limit:
+            await send_stream(
+                send,
+                receive,
+                status,
+                encode_headers(headers),
+                body,
+                request.path,
+                self._lifetime.stopping,
+            )
+        if time_limit.cancelled_caught:
+            logger.warning(
+                "%s %s: the stream ran out of its time limit; cut off",
+                request.method,
+                request.path,
+            )
 
     async def _save_session(
         self,
@@ -529,12 +550,11 @@ class App:
         headers: list[Any],
         client_left: bool,
     ) -> None:
-        """Save the session if the request has one, adding its cookie to ``headers``; after the
-        client left (a handler that kept running), only a session the client already has."""
-        if request.session or session is not None:
-            cookie = await save_session(self, request, session, client_left=client_left)
-            if cookie is not None:
-                headers.append(("Set-Cookie", cookie))
+        """Save the request's session, adding its cookie to ``headers``; after the client left
+        (a handler that kept running), only a session the client already has."""
+        cookie = await save_session(self, request, session, client_left=client_left)
+        if cookie is not None:
+            headers.append(("Set-Cookie", cookie))
 
     async def _hand_over(
         self,

@@ -59,6 +59,7 @@ import anyio.lowlevel
 
 from micropie.core.concurrency import collapse_excgroups
 from micropie.core.types import Message, Receive
+from micropie.lifetimes.cancel_scopes import CancelScopeLike
 from micropie.lifetimes.sweeper import SWEEP_INTERVAL, DisconnectSweeper, clock
 
 __all__ = [
@@ -141,7 +142,7 @@ class ConnectionScope:
         self._receive = receive
         self._sweeper = sweeper
         self._task_group: anyio.abc.TaskGroup | None = None  # without a sweeper: our own
-        self.cancel_scope = anyio.CancelScope()
+        self.cancel_scope: CancelScopeLike = sweeper.make_scope()
         self.client_left = False
         self.reading = reading
         self._stalled = False

@@ -38,6 +38,8 @@ from typing import Protocol
 import anyio
 import anyio.abc
 
+from micropie.lifetimes.cancel_scopes import ScopeMaker, scope_maker_for_running_backend
+
 __all__ = ["SWEEP_INTERVAL", "DisconnectSweeper", "Swept", "clock"]
 
 #: Seconds between rounds. A client that leaves cancels its handler within two of them.
@@ -72,6 +74,9 @@ class DisconnectSweeper:
         self._wakeup: anyio.Event | None = None  # made in run(): apps are built outside loops
         self._idle = True
         self._next_wake = math.inf
+        #: Makes the cancel scope a connection runs in: chosen for the event loop the sweeper
+        #: runs in (``cancel_scopes``), anyio's own while it does not run.
+        self.make_scope: ScopeMaker = anyio.CancelScope
 
     @property
     def running(self) -> bool:
@@ -121,6 +126,7 @@ class DisconnectSweeper:
         self._wakeup = anyio.Event()
         self._idle = True
         self._stopping = False
+        self.make_scope = scope_maker_for_running_backend()
         try:
             async with anyio.create_task_group() as task_group:
                 self._task_group = task_group
@@ -129,6 +135,7 @@ class DisconnectSweeper:
         finally:
             self._task_group = None
             self._wakeup = None
+            self.make_scope = anyio.CancelScope
 
     async def _sweep_forever(self, task_group: anyio.abc.TaskGroup, wakeup: anyio.Event) -> None:
         next_round = clock() + self._interval

@@ -231,6 +231,8 @@ def bind_http(plan: HandlerPlan, request: Any) -> tuple[list[Any], dict[str, Any
     Sources, in MicroPie's order: path segment, query, form field, JSON key, uploaded file.
     ``**kwargs`` collects the names the request supplies that no parameter took.
     """
+    if not plan.parameters:
+        return [], {}
     try:
         args, kwargs, used = bind_parameters(
             plan.parameters, request.path_params, partial(_from_request, request)

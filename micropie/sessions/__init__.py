@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from micropie.core.types import Scope
     from micropie.http.request import Request
 
 __all__ = [
@@ -32,8 +33,10 @@ __all__ = [
     "InMemorySessionBackend",
     "SessionBackend",
     "SessionState",
+    "carries_session",
     "format_session_cookie",
     "generate_session_id",
+    "has_session",
     "load_sent_session",
     "load_session",
     "save_session",
@@ -209,15 +212,24 @@ async def load_session(settings: SessionSettings, request: Request) -> SessionSt
     return state
 
 
+def carries_session(scope: Scope) -> bool:
+    """Whether the scope brings a session along (a parent app's, or a test's)."""
+    return "session" in scope or "micropie.session_state" in scope
+
+
+def has_session(request: Request) -> bool:
+    """Whether the handler has put anything in ``request.session`` (without making one)."""
+    return bool(vars(request).get("session"))
+
+
 async def load_sent_session(
     settings: SessionSettings, request: Request, has_cookie: bool
 ) -> SessionState | None:
     """``load_session`` for a request that can have a session: one with a cookie, or one whose
-    scope carries a session (a parent app's, or a test's). ``None`` for the others, without
-    making anything: a WebSocket connection keeps what this returns for as long as it is open.
+    scope carries a session (``carries_session``). ``None`` for the others, without making
+    anything: a WebSocket connection keeps what this returns for as long as it is open.
     """
-    scope = request.scope
-    if has_cookie or "session" in scope or "micropie.session_state" in scope:
+    if has_cookie or carries_session(request.scope):
         return await load_session(settings, request)
     return None
 
