@@ -21,6 +21,16 @@ The apps:
   uses; so only its ``python_multipart`` directory is unpacked into ``.cache/`` and appended to
   ``sys.path``.
 
+Every app starts in the same allocator state: raw and Starlette make the call micropie makes when
+its lifespan starts (``micropie.core.allocator.keep_receive_buffers_off_mmap``, one 1 MiB block
+allocated and freed), at the same moment, so the comparison is not one between glibc's two ways
+of serving asyncio's 256 KiB receive buffers (see that module and benchmarks/README.md). MicroPie
+0.32 does not get it.
+
+``MICROPIE_BENCH_ROOT`` (environment variable) names another checkout of this repository whose
+``micropie`` package the ``micropie`` app imports instead of this one, to measure an older commit
+with today's harness.
+
 ``build(name)`` returns a fresh instance each call (the in-process driver builds one per event
 loop run); ``load_all()`` reports apps that cannot be built instead of failing, because
 micropie is written concurrently with these benchmarks. Hypercorn evaluates its application
@@ -32,11 +42,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import types
 import zipfile
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +80,33 @@ CACHE = HERE / ".cache"
 MICROPIE_ORIGINAL_VERSION = "0.32"
 
 APP_NAMES = ("raw", "micropie", "micropie032", "starlette")
+
+#: The size of the block ``micropie.core.allocator`` frees, for when that module cannot be
+#: imported (micropie is written concurrently with these benchmarks).
+WARM_UP_BLOCK = 1024 * 1024
+
+
+def micropie_root() -> Path:
+    """The checkout whose ``micropie`` package is benchmarked (``MICROPIE_BENCH_ROOT`` or ours)."""
+    return Path(os.environ.get("MICROPIE_BENCH_ROOT") or REPO_ROOT).resolve()
+
+
+def allocator_warm_up() -> None:
+    """Put this process's allocator in the state micropie puts it in when its lifespan starts.
+
+    Calls micropie's own function, so the baselines follow it if it changes; falls back to the
+    same allocation when micropie does not import.
+    """
+    root = str(micropie_root())
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    try:
+        from micropie.core.allocator import keep_receive_buffers_off_mmap
+    except ImportError:
+        block = bytearray(WARM_UP_BLOCK)
+        del block
+    else:
+        keep_receive_buffers_off_mmap()
 
 
 # --------------------------------------------------------------------------- the requests
@@ -201,6 +240,7 @@ def _raw_parse_body(scope: Scope, body: bytes) -> Any:
 
 
 async def _raw_lifespan(receive: Receive, send: Send) -> None:
+    allocator_warm_up()  # where micropie makes the same call: when the lifespan scope arrives
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
@@ -236,8 +276,9 @@ def make_micropie_app(base: type) -> ASGIApp:
 
 
 def build_micropie() -> ASGIApp:
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
+    root = str(micropie_root())
+    if root not in sys.path:
+        sys.path.insert(0, root)
     from micropie import App
 
     return make_micropie_app(App)
@@ -305,13 +346,19 @@ def build_starlette() -> ASGIApp:
         form = await request.form()
         return JSONResponse(dict(form))
 
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        allocator_warm_up()
+        yield
+
     return Starlette(
+        lifespan=lifespan,
         routes=[
             StarletteRoute("/", index),
             StarletteRoute("/json", json_route),
             StarletteRoute("/greet/{name}", greet),
             StarletteRoute("/echo", echo, methods=["POST"]),
-        ]
+        ],
     )
 
 

@@ -9,15 +9,27 @@ How the numbers are made, and why:
 
 - Every route is checked once per server with a plain HTTP request before it is loaded; a wrong
   answer skips that (app, route) instead of timing an error page.
+- The server's process tree and wrk run on different cores (``taskset -c 1`` for hypercorn, its
+  worker inherits it, and ``taskset -c 0`` for wrk; ``--pin SERVER,WRK`` picks others,
+  ``--no-pin`` turns it off). Unpinned, the scheduler moves both about and the server's CPU per
+  request picks up cache and migration effects that differ from run to run. The output and the
+  JSON say whether the run was pinned and which cores each process was allowed.
+- Every app starts in the same allocator state (``apps.allocator_warm_up``, the call micropie
+  makes at startup): without it the baselines' CPU per request moves by more than the frameworks
+  differ.
 - One warm-up run per server, then ``--reps`` repetitions. In each repetition every route is run
   on every app back to back, the app order rotating, so raw and each app share the machine's
   state of the moment (this 2-core machine is shared: wrk takes one core, the server the other).
 - requests/s is the median over repetitions; the ratio to raw is the median of the per-repetition
   ratios (each app run against the raw run next to it). A ratio above 1 is not a miracle; it is
   the noise floor of the run.
+- micropie against Starlette (issue 19: micropie's server CPU per request no higher than
+  Starlette's): the ratio of their CPU per request in each repetition, median and range.
 
-Run: ``python benchmarks/wire.py`` (about 3 minutes) or ``--quick`` (about 40 s). Prints
-markdown; writes JSON to ``benchmarks/results/``.
+Run: ``python benchmarks/wire.py`` (about 3 minutes) or ``--quick`` (about 40 s); ``--routes``
+picks routes by name (``--routes "GET /,POST /echo json"``), ``--micropie-root DIR`` benchmarks
+the ``micropie`` package of another checkout. Prints markdown; writes JSON to
+``benchmarks/results/``.
 """
 
 from __future__ import annotations
@@ -44,7 +56,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import apps
-from apps import ROUTES, Route
+from apps import ROUTES, Route, micropie_root
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -52,6 +64,7 @@ WORKERS = ("asyncio", "trio")
 DEFAULT_APPS = ("raw", "micropie", "starlette")
 STARTUP_TIMEOUT = 20.0  # seconds for hypercorn to import the app and answer GET /
 TARGETS = {"asyncio": 0.93, "trio": 0.95}  # micropie's wire targets from the issue
+DEFAULT_PIN = (1, 0)  # cores for (the server, wrk)
 
 
 # --------------------------------------------------------------------------- wrk
@@ -126,13 +139,38 @@ def parse_wrk(output: str) -> WrkResult:
 
 
 def run_wrk(wrk: str, settings: Settings, url: str, script: Path | None, seconds: int) -> WrkResult:
-    command = [wrk, f"-t{settings.threads}", f"-c{settings.connections}", f"-d{seconds}s"]
+    command = [
+        *pinned(settings, 1),
+        wrk,
+        f"-t{settings.threads}",
+        f"-c{settings.connections}",
+        f"-d{seconds}s",
+    ]
     if script is not None:
         command += ["-s", str(script)]
     done = subprocess.run(
         [*command, url], capture_output=True, text=True, timeout=seconds + 30, check=True
     )
     return parse_wrk(done.stdout)
+
+
+# --------------------------------------------------------------------------- pinning
+
+
+def pinned(settings: Settings, which: int) -> list[str]:
+    """The ``taskset`` prefix that keeps the server (``which`` 0) or wrk (1) on its core."""
+    if settings.pin is None:
+        return []
+    return ["taskset", "-c", str(settings.pin[which])]
+
+
+def allowed_cores(pid: int) -> str:
+    """The cores ``pid`` may run on, as ``taskset`` would print them ("?" where unknown)."""
+    try:
+        cores = sorted(os.sched_getaffinity(pid))
+    except (OSError, AttributeError):
+        return "?"
+    return ",".join(map(str, cores))
 
 
 # --------------------------------------------------------------------------- hypercorn
@@ -183,9 +221,10 @@ def process_cpu_ns(pid: int) -> int:
 class Server:
     """One hypercorn process serving ``apps.build(name)`` with one ``worker`` worker."""
 
-    def __init__(self, name: str, worker: str, log_dir: Path) -> None:
+    def __init__(self, name: str, worker: str, log_dir: Path, prefix: list[str]) -> None:
         self.name = name
         self.worker = worker
+        self.prefix = prefix  # taskset, when pinned
         self.port = free_port()
         self.log_path = log_dir / f"hypercorn-{worker}-{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -193,6 +232,7 @@ class Server:
 
     def start(self) -> None:
         command = [
+            *self.prefix,  # taskset execs hypercorn: the pid stays the supervisor's
             sys.executable,
             "-m",
             "hypercorn",
@@ -240,6 +280,11 @@ class Server:
             self._pids = [self.process.pid, *children_of(self.process.pid)]
         return sum(process_cpu_ns(pid) for pid in self._pids)
 
+    def cores(self) -> dict[str, str]:
+        """The cores each of the server's processes may run on (pinning, checked)."""
+        self.cpu_ns()  # finds the worker's pid
+        return {str(pid): allowed_cores(pid) for pid in self._pids}
+
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
@@ -267,6 +312,12 @@ class Settings:
     warmup: int
     threads: int
     connections: int
+    routes: list[str] = field(default_factory=lambda: [route.name for route in ROUTES])
+    pin: tuple[int, int] | None = DEFAULT_PIN  # cores for (the server, wrk); None: unpinned
+
+    @property
+    def selected_routes(self) -> list[Route]:
+        return [route for route in ROUTES if route.name in self.routes]
 
 
 Key = tuple[str, str, str]  # (worker, app, route)
@@ -285,6 +336,7 @@ class Results:
     ratios: dict[Key, list[float]] = field(default_factory=dict)
     cpu_ratios: dict[Key, list[float]] = field(default_factory=dict)
     failures: dict[Key, str] = field(default_factory=dict)
+    cores: dict[str, dict[str, str]] = field(default_factory=dict)  # "worker app" -> pid -> cores
 
     def pair(self, worker: str, route: str, runs: dict[str, WrkResult]) -> None:
         """Record each app's ratios to the raw run of the same repetition."""
@@ -313,11 +365,25 @@ class Results:
         ratios = self.cpu_ratios.get(key)
         return statistics.median(ratios) if ratios else None
 
+    def cpu_versus(self, worker: str, app: str, other: str, route: str) -> list[float]:
+        """``app``'s server CPU per request over ``other``'s, one value per repetition.
 
-def check_routes(server: Server, results: Results) -> list[Route]:
+        Runs of one key are stored in repetition order; a repetition where either has no CPU
+        reading is left out.
+        """
+        mine = self.runs.get((worker, app, route), [])
+        theirs = self.runs.get((worker, other, route), [])
+        return [
+            a.server_cpu_us / b.server_cpu_us
+            for a, b in zip(mine, theirs, strict=False)
+            if a.server_cpu_us and b.server_cpu_us
+        ]
+
+
+def check_routes(server: Server, routes: list[Route], results: Results) -> list[Route]:
     """The routes ``server`` answers correctly; the others are recorded as failures."""
     good = []
-    for route in ROUTES:
+    for route in routes:
         try:
             status, body = request(server.port, route)
             reason = route.check(status, body)
@@ -335,7 +401,8 @@ def bench_worker(
 ) -> None:
     log_dir = RESULTS / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    servers = {name: Server(name, worker, log_dir) for name in settings.apps}
+    prefix = pinned(settings, 0)
+    servers = {name: Server(name, worker, log_dir, prefix) for name in settings.apps}
     try:
         for server in servers.values():
             server.start()
@@ -345,15 +412,17 @@ def bench_worker(
                 server.wait_ready()
             except RuntimeError as exc:
                 print(exc, file=sys.stderr)
-                for route in ROUTES:
+                for route in settings.selected_routes:
                     results.failures[(worker, name, route.name)] = "server did not start"
                 del servers[name]
                 continue
-            routes_of[name] = [route.name for route in check_routes(server, results)]
+            checked = check_routes(server, settings.selected_routes, results)
+            routes_of[name] = [route.name for route in checked]
+            results.cores[f"{worker} {name}"] = server.cores()
             run_wrk(wrk, settings, server.url + "/", None, settings.warmup)
         names = list(servers)
         for rep in range(settings.reps):
-            for route in ROUTES:
+            for route in settings.selected_routes:
                 live = [n for n in names if route.name in routes_of[n]]
                 turn = rep % max(len(live), 1)
                 rep_runs: dict[str, WrkResult] = {}
@@ -396,7 +465,7 @@ def table(
         "| route | " + " | ".join(settings.apps) + " |",
         "|---|" + "---:|" * len(settings.apps),
     ]
-    for route in ROUTES:
+    for route in settings.selected_routes:
         cells = []
         for name in settings.apps:
             key = (worker, name, route.name)
@@ -418,7 +487,7 @@ def verdicts(settings: Settings, results: Results) -> list[str]:
     lines = []
     for worker in settings.workers:
         for label, ratio in (("requests/s", results.ratio), ("server CPU", results.cpu_ratio)):
-            ratios = [ratio((worker, "micropie", route.name)) for route in ROUTES]
+            ratios = [ratio((worker, "micropie", route.name)) for route in settings.selected_routes]
             measured = [r for r in ratios if r is not None]
             if not measured:
                 continue
@@ -432,13 +501,52 @@ def verdicts(settings: Settings, results: Results) -> list[str]:
     return lines
 
 
-def markdown(settings: Settings, results: Results, skipped: dict[str, str]) -> str:
-    lines: list[str] = []
+def versus_starlette(settings: Settings, results: Results) -> list[str]:
+    """micropie's server CPU per request over Starlette's, per repetition (issue 19: ≤ 1)."""
+    if not {"micropie", "starlette"} <= set(settings.apps):
+        return []
+    lines = [
+        "### micropie / Starlette: server CPU per request (median, range over repetitions)\n",
+        "| worker | route | micropie µs | starlette µs | micropie / starlette | range | ≤ 1 |",
+        "|---|---|---:|---:|---:|---|---|",
+    ]
+    for worker in settings.workers:
+        for route in settings.selected_routes:
+            ratios = results.cpu_versus(worker, "micropie", "starlette", route.name)
+            if not ratios:
+                continue
+            mine = results.cpu_us((worker, "micropie", route.name))
+            theirs = results.cpu_us((worker, "starlette", route.name))
+            median = statistics.median(ratios)
+            lines.append(
+                f"| {worker} | `{route.name}` | {mine or 0:.1f} | {theirs or 0:.1f} "
+                f"| {median:.3f} | {min(ratios):.3f}–{max(ratios):.3f} "
+                f"| {'yes' if median <= 1 else 'no'} |"
+            )
+    return [*lines, ""]
+
+
+def pinning_note(settings: Settings, results: Results) -> str:
+    if settings.pin is None:
+        return "Unpinned (--no-pin): the server and wrk share whatever cores the scheduler gives."
+    allowed = sorted({cores for pids in results.cores.values() for cores in pids.values()})
+    return (
+        f"Pinned: hypercorn (supervisor and worker) on core {settings.pin[0]}, wrk on core "
+        f"{settings.pin[1]}; the servers' processes were allowed cores {' / '.join(allowed)}."
+    )
+
+
+def markdown(settings: Settings, results: Results, skipped: dict[str, str], env: Any) -> str:
+    lines: list[str] = [
+        pinning_note(settings, results),
+        f"micropie from {env['micropie']['root']} at {env['micropie']['commit']}.\n",
+    ]
     for worker in settings.workers:
         lines.append(f"### hypercorn-{worker}: median requests/s (ratio to raw)\n")
         lines += table(settings, results, worker, results.rps, results.ratio, ",.0f")
         lines.append(f"### hypercorn-{worker}: server CPU µs per request (raw's CPU / app's CPU)\n")
         lines += table(settings, results, worker, results.cpu_us, results.cpu_ratio, ".1f")
+    lines += versus_starlette(settings, results)
     lines += verdicts(settings, results)
     noisy = [
         (key, r)
@@ -473,6 +581,7 @@ def write_json(settings: Settings, results: Results, skipped: dict[str, str], en
             "median_server_cpu_us": results.cpu_us((worker, name, route)),
             "cpu_ratio_to_raw": results.cpu_ratio((worker, name, route)),
             "paired_cpu_ratios": results.cpu_ratios.get((worker, name, route), []),
+            "cpu_over_starlette": results.cpu_versus(worker, name, "starlette", route),
             "runs": [vars(run) for run in runs],
         }
         for (worker, name, route), runs in sorted(results.runs.items())
@@ -482,6 +591,8 @@ def write_json(settings: Settings, results: Results, skipped: dict[str, str], en
         "settings": vars(settings),
         "environment": env,
         "environment_after": {"loadavg": os.getloadavg()},
+        "pinned": settings.pin is not None,
+        "server_cores": results.cores,
         "skipped": skipped,
         "failures": [
             {"worker": w, "app": a, "route": r, "reason": why}
@@ -503,6 +614,7 @@ def environment(wrk: str) -> dict[str, Any]:
             versions[package] = None
     wrk_version = subprocess.run([wrk, "-v"], capture_output=True, text=True, check=False)
     return {
+        "micropie": micropie_checkout(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
@@ -510,6 +622,23 @@ def environment(wrk: str) -> dict[str, Any]:
         "versions": versions,
         "wrk": (wrk_version.stdout or wrk_version.stderr).splitlines()[0:1],
     }
+
+
+def micropie_checkout() -> dict[str, str | None]:
+    """Where the benchmarked micropie comes from: its checkout, commit, and whether it is dirty."""
+    root = micropie_root()
+
+    def git(*args: str) -> str | None:
+        done = subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, check=False
+        )
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "--short", "HEAD")
+    changed = git("status", "--porcelain", "--", "micropie")
+    if commit is not None and changed:
+        commit += " + uncommitted changes in micropie/"
+    return {"root": str(root), "commit": commit}
 
 
 def parse_args(argv: list[str] | None) -> Settings:
@@ -522,7 +651,41 @@ def parse_args(argv: list[str] | None) -> Settings:
     parser.add_argument("--threads", type=int, default=1, help="wrk -t")
     parser.add_argument("--connections", type=int, default=32, help="wrk -c")
     parser.add_argument("--quick", action="store_true", help="1 rep of 1 s runs")
+    parser.add_argument(
+        "--routes",
+        default=",".join(route.name for route in ROUTES),
+        help="comma-separated route names, e.g. 'GET /,GET /json,POST /echo json'",
+    )
+    parser.add_argument(
+        "--pin",
+        default=",".join(map(str, DEFAULT_PIN)),
+        help="cores for the server and for wrk (taskset -c), default 1,0",
+    )
+    parser.add_argument("--no-pin", action="store_true", help="let the scheduler place both")
+    parser.add_argument(
+        "--micropie-root",
+        help="benchmark the micropie package of this checkout (sets MICROPIE_BENCH_ROOT)",
+    )
     args = parser.parse_args(argv)
+    known = {route.name for route in ROUTES}
+    routes = [name.strip() for name in args.routes.split(",") if name.strip()]
+    unknown = [name for name in routes if name not in known]
+    if unknown or not routes:
+        parser.error(f"unknown routes {unknown}; choose among {sorted(known)}")
+    pin: tuple[int, int] | None = None
+    if not args.no_pin:
+        try:
+            server_core, wrk_core = (int(core) for core in args.pin.split(","))
+        except ValueError:
+            parser.error(f"--pin takes two core numbers, SERVER,WRK, not {args.pin!r}")
+        if shutil.which("taskset") is None:
+            parser.error("taskset (util-linux) is missing: install it or run with --no-pin")
+        pin = (server_core, wrk_core)
+    if args.micropie_root:
+        root = Path(args.micropie_root).resolve()
+        if not (root / "micropie" / "__init__.py").is_file():
+            parser.error(f"{root} has no micropie package")
+        os.environ["MICROPIE_BENCH_ROOT"] = str(root)  # read by apps.py here and in hypercorn
     names = [name for name in args.apps.split(",") if name]
     if "raw" not in names:
         names.insert(0, "raw")  # every ratio needs it
@@ -536,6 +699,8 @@ def parse_args(argv: list[str] | None) -> Settings:
         warmup=args.warmup,
         threads=args.threads,
         connections=args.connections,
+        routes=routes,
+        pin=pin,
     )
 
 
@@ -549,10 +714,10 @@ def main(argv: list[str] | None = None) -> None:
     env = environment(wrk)
     results = Results()
     with tempfile.TemporaryDirectory(prefix="micropie-wrk-") as tmp:
-        scripts = {route.name: lua_script(route, Path(tmp)) for route in ROUTES}
+        scripts = {route.name: lua_script(route, Path(tmp)) for route in settings.selected_routes}
         for worker in settings.workers:
             bench_worker(wrk, settings, worker, results, scripts)
-    print(markdown(settings, results, skipped))
+    print(markdown(settings, results, skipped, env))
     path = write_json(settings, results, skipped, env)
     print(f"\nJSON: {path}")
 
