@@ -1,5 +1,6 @@
-"""Jinja2 templates (SPEC A2 ``_render_template``): async on both backends, autoescaped, and a
-template name from the URL can never read a file outside the template folder."""
+"""Jinja2 templates (``_render_template``, docs/guides/templates.md): async on both backends,
+autoescaped, and a template name from the URL can never read a file outside the template folder.
+"""
 
 from __future__ import annotations
 

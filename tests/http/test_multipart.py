@@ -1,4 +1,5 @@
-"""Streaming multipart uploads: what a handler sees (SPEC A4, A7, B3, B8).
+"""Streaming multipart uploads: what a handler sees (docs/guides/uploads.md; the differences
+from MicroPie 0.32 are docs/migration.md, "Uploads").
 
 Every test drives ``app(scope, receive, send)`` in-process on asyncio and trio. Uploads are
 either scripted messages (``asgi.run_app``) or an ``Upload``: a client that produces its body
@@ -242,7 +243,10 @@ async def test_file_without_content_type_is_octet_stream_and_iterable() -> None:
 
 @pytest.mark.anyio
 async def test_utf8_split_across_chunks_is_decoded_whole() -> None:
-    """SPEC B8: MicroPie decoded each chunk alone and lost split characters."""
+    """MicroPie 0.32 decoded each chunk alone and lost split characters.
+
+    docs/migration.md, Uploads: UTF-8 split across chunks.
+    """
     app = make_app()
     text = "abécd – ünïcödé 😀"
 
@@ -265,7 +269,10 @@ async def test_utf8_split_across_chunks_is_decoded_whole() -> None:
     ],
 )
 async def test_quoted_boundaries_and_any_case_work(content_type: str) -> None:
-    """SPEC B8: quoted boundaries and ``Multipart/Form-Data`` are recognised."""
+    """Quoted boundaries and ``Multipart/Form-Data`` are recognised.
+
+    docs/migration.md, Uploads: ``Multipart/Form-Data``, quoted boundaries.
+    """
     app = make_app()
 
     @attach(app)
@@ -634,7 +641,10 @@ async def test_middleware_short_circuit_stops_the_parser() -> None:
 
 @pytest.mark.anyio
 async def test_truncated_upload_never_looks_complete() -> None:
-    """SPEC B3: a body that ends before the closing boundary fails the open file."""
+    """A body that ends before the closing boundary fails the open file.
+
+    docs/migration.md, Uploads: An upload cut short.
+    """
     app = make_app()
     seen: list[Any] = []
 

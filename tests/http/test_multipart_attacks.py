@@ -1,5 +1,5 @@
-"""Hostile multipart input: every attack gets a fast, bounded answer (research/reliability §1.1,
-§4.B; SPEC A7, D1, D6).
+"""Hostile multipart input: every attack gets a fast, bounded answer (docs/limits.md,
+"Multipart uploads"; docs/migration.md, "Uploads").
 
 Limits answer 413, malformed input 400, and nothing an attacker sends may stall the event loop,
 grow memory without bound or reach a response header.
