@@ -16,6 +16,7 @@ import anyio.lowlevel
 import pytest
 
 from micropie import App, HttpMiddleware, Request, shielded, time_limit
+from tests.support.apps.cancellation import Work
 from tests.support.drive import Client, http_scope, lifespan
 
 pytestmark = pytest.mark.anyio
@@ -37,46 +38,6 @@ class LeavingClient(Client):
         message = await super().receive()
         self.told.set()
         return message
-
-
-class Work(App):
-    """Handlers that wait for ``release`` and record how they ended."""
-
-    def __init__(self, **settings: Any) -> None:
-        super().__init__(**settings)
-        self.started = anyio.Event()
-        self.release = anyio.Event()
-        self.finished = anyio.Event()
-        self.cancelled = anyio.Event()
-        self.done: list[str] = []
-        self.after_request: list[str] = []
-
-    async def _work(self, name: str) -> str:
-        self.started.set()
-        try:
-            await self.release.wait()
-        except anyio.get_cancelled_exc_class():
-            self.cancelled.set()
-            raise
-        self.done.append(name)
-        self.finished.set()
-        return name
-
-    async def plain(self) -> str:
-        return await self._work("plain")
-
-    @shielded
-    async def kept(self) -> str:
-        return await self._work("kept")
-
-    @shielded
-    async def kept_session(self) -> str:
-        self.request.session["paid"] = "yes"
-        return await self._work("kept_session")
-
-    async def login(self) -> str:
-        self.request.session["user"] = "alice"
-        return "in"
 
 
 class Recorder(HttpMiddleware):
