@@ -65,7 +65,7 @@ def note_app(**settings: Any) -> tuple[App, list[str]]:
 HANG_GUARD = 5.0
 
 
-# --- B1: a text field is limited while it streams ---------------------------------------------
+# --- a text field is limited while it streams -------------------------------------------------
 
 
 @pytest.mark.parametrize("message_size", [None, 1024])
@@ -87,7 +87,7 @@ async def test_text_field_one_byte_over_the_limit_is_413(message_size: int | Non
     assert ((conn.status, conn.body), calls) == (FIELD_TOO_LARGE, [])
 
 
-# --- B2, B3: part and file counts --------------------------------------------------------------
+# --- part and file counts ----------------------------------------------------------------------
 
 
 def count_app(**settings: Any) -> tuple[App, list[int]]:
@@ -149,7 +149,7 @@ async def test_whole_body_over_max_body_size_is_413() -> None:
     assert ((conn.status, conn.body), calls) == ((413, b"413 Payload Too Large"), [])
 
 
-# --- B4: part headers ---------------------------------------------------------------------------
+# --- part headers -------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -177,7 +177,7 @@ async def test_oversized_part_headers_are_400_before_the_rest_of_the_body(part: 
     assert upload.sent == len(first)
 
 
-# --- B5: huge preamble or epilogue --------------------------------------------------------------
+# --- huge preamble or epilogue ------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("where", ["preamble", "epilogue"])
@@ -218,7 +218,7 @@ async def test_huge_preamble_or_epilogue_is_answered_and_the_loop_stays_responsi
     assert answered_at[0] < len(chunks)  # the GET was answered while the body still came in
 
 
-# --- B6: ReDoS-shaped headers --------------------------------------------------------------------
+# --- ReDoS-shaped headers ------------------------------------------------------------------------
 
 
 async def test_backslash_runs_in_the_boundary_are_answered_fast() -> None:
@@ -239,7 +239,7 @@ async def test_backslash_runs_in_content_disposition_are_answered_fast() -> None
     assert conn.status in (200, 400)
 
 
-# --- B7: boundary and framing ---------------------------------------------------------------------
+# --- boundary and framing -------------------------------------------------------------------------
 
 
 async def test_no_boundary_is_400() -> None:
@@ -278,7 +278,7 @@ async def test_garbage_is_malformed() -> None:
     assert ((conn.status, conn.body), calls) == (MALFORMED, [])
 
 
-# --- B12: client-chosen names -----------------------------------------------------------------
+# --- client-chosen names ----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
