@@ -23,8 +23,13 @@ pytestmark = pytest.mark.anyio
 
 #: A client that leaves is seen within two 50 ms sweeps; generous under load.
 PROMPTLY = 1.0
-#: How far an answer "on time" may be from the deadline.
-TOLERANCE = 0.1
+#: The documented guarantee (docs/lifetimes.md): a handler learns within 100 ms that its
+#: client left.
+NOTICED_WITHIN = 0.1
+#: What a loaded machine may add to a documented time (the tests assert "no later than").
+LATE = 0.3
+#: How early a deadline may seem to fire: the handler reads the clock a moment after it started.
+EARLY = 0.05
 
 
 class LeavingClient(Client):
@@ -197,7 +202,7 @@ async def test_a_handler_learns_within_100_ms_that_its_client_left(
                 left_at = anyio.current_time()
                 client.leave()
                 await app.noticed.wait()
-    assert app.noticed_at - left_at < TOLERANCE
+    assert app.noticed_at - left_at < NOTICED_WITHIN + LATE
     assert client.sent == []
     assert client.pending_receives == 0
 
@@ -365,7 +370,7 @@ async def test_a_handler_past_its_deadline_gets_503_on_time(
         assert len(anyio.get_running_tasks()) == baseline  # nothing left running
     assert client.sent[0]["status"] == 503
     assert client.sent[1]["body"] == b"503 Service Unavailable: Request timed out"
-    assert abs(answered_at - app.started_at - limit) < TOLERANCE
+    assert limit - EARLY <= answered_at - app.started_at < limit + LATE
     assert app.cancelled.is_set()
     assert app.child_cancelled.is_set()
     assert any(path in record.getMessage() for record in caplog.records)
@@ -384,7 +389,7 @@ async def test_a_deadline_honours_shields(with_lifespan: bool) -> None:
     async with lifespan(app, running=with_lifespan):
         client, answered_at = await answer_with_time(app, "/shield_past_limit")
     assert client.sent[0]["status"] == 503
-    assert abs(answered_at - app.started_at - 0.5) < TOLERANCE  # right after the shield
+    assert 0.5 - EARLY <= answered_at - app.started_at < 0.5 + LATE  # right after the shield
 
 
 async def test_a_stream_past_its_deadline_is_cut_off(with_lifespan: bool) -> None:
@@ -397,7 +402,7 @@ async def test_a_stream_past_its_deadline_is_cut_off(with_lifespan: bool) -> Non
         message["type"] == "http.response.body" and not message.get("more_body", False)
         for message in client.sent
     )  # never finished: the client sees a cut-off response
-    assert abs(answered_at - app.started_at - 0.3) < TOLERANCE
+    assert 0.3 - EARLY <= answered_at - app.started_at < 0.3 + LATE
 
 
 def test_time_limit_rejects_a_limit_that_is_not_positive() -> None:
