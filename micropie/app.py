@@ -595,8 +595,13 @@ class App:
         """``(302, "", [("Location", <encoded location>), *extra_headers])``."""
         return 302, "", [("Location", redirects.encode_location(location)), *(extra_headers or [])]
 
-    async def _render_template(self, name: str, **context: Any) -> str:
-        """Render a Jinja2 template from the template folder (autoescaped for html/xml)."""
+    async def _render_template(self, name: str, /, **context: Any) -> str:
+        """Render a Jinja2 template from the template folder (autoescaped for html/xml).
+
+        ``name`` is positional-only so that the context may hold a ``name`` of its own
+        (``self._render_template("page.html", name="Alice")``); MicroPie's documented calls
+        always pass the template name positionally.
+        """
         if self._env is _NOT_MADE:  # the first render imports jinja2: not on the event loop
             await anyio.to_thread.run_sync(lambda: self.env)
         return await templates.render(self.env, name, context)
