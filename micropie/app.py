@@ -320,10 +320,13 @@ class App:
     def _body_limit(self, media_type: str | None) -> int | None:
         """The largest body of this media type: ``max_body_size``, and ``max_json_size`` too
         for JSON (the smaller wins; ``None`` is no limit)."""
+        limit = self.max_body_size
         if media_type is None or not bodies.is_json(media_type):
-            return self.max_body_size
-        limits = [limit for limit in (self.max_body_size, self.max_json_size) if limit is not None]
-        return min(limits, default=None)
+            return limit
+        json_limit = self.max_json_size
+        if json_limit is not None and (limit is None or json_limit < limit):
+            return json_limit
+        return limit
 
     def _connection_for(
         self, request: Request, receive: Receive, media_type: str | None
@@ -595,8 +598,13 @@ class App:
         """``(302, "", [("Location", <encoded location>), *extra_headers])``."""
         return 302, "", [("Location", redirects.encode_location(location)), *(extra_headers or [])]
 
-    async def _render_template(self, name: str, **context: Any) -> str:
-        """Render a Jinja2 template from the template folder (autoescaped for html/xml)."""
+    async def _render_template(self, name: str, /, **context: Any) -> str:
+        """Render a Jinja2 template from the template folder (autoescaped for html/xml).
+
+        ``name`` is positional-only so that the context may hold a ``name`` of its own
+        (``self._render_template("page.html", name="Alice")``); MicroPie's documented calls
+        always pass the template name positionally.
+        """
         if self._env is _NOT_MADE:  # the first render imports jinja2: not on the event loop
             await anyio.to_thread.run_sync(lambda: self.env)
         return await templates.render(self.env, name, context)

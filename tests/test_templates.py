@@ -1,5 +1,6 @@
-"""Jinja2 templates (SPEC A2 ``_render_template``): async on both backends, autoescaped, and a
-template name from the URL can never read a file outside the template folder."""
+"""Jinja2 templates (``_render_template``, docs/guides/templates.md): async on both backends,
+autoescaped, and a template name from the URL can never read a file outside the template folder.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 
 import micropie.templates
 from micropie import App, InMemorySessionBackend
-from tests.support.asgi import attach, http_scope, run_app
+from tests.support.asgi import attach, differs_from_032, http_scope, run_app
 
 pytestmark = pytest.mark.anyio
 
@@ -154,6 +155,20 @@ async def test_async_template_features_work_on_both_backends(site: Path) -> None
 
     conn = await run_app(app, http_scope("/gen"))
     assert conn.body == b"012"
+
+
+# 0.32 takes name= as its own template-name argument: a TypeError, answered 500.
+@differs_from_032("Templates: A context key `name`")
+async def test_the_context_may_have_a_key_called_name(site: Path) -> None:
+    (site / "greet.html").write_text("<h1>Hello, {{ name }}!</h1>")
+    app = site_app(site)
+
+    @attach(app)
+    async def greet(self: App, who: str) -> str:
+        return await self._render_template("greet.html", name=who)
+
+    conn = await run_app(app, http_scope("/greet/<Alice>"))
+    assert (conn.status, conn.body) == (200, b"<h1>Hello, &lt;Alice&gt;!</h1>")
 
 
 def test_default_folder_is_templates_in_the_working_directory(

@@ -7,7 +7,6 @@ TEMPLATES = Path(__file__).with_name("templates")
 
 class PageApp(App):
     async def index(self, name="world"):
-        # "name" is _render_template's own first parameter: pass your values under other names
         return await self._render_template("hello.html", user=name, items=["tea", "cake"])
 
 

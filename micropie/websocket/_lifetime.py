@@ -13,13 +13,14 @@ import anyio
 import anyio.abc
 
 from micropie.core.concurrency import collapse_excgroups
+from micropie.lifetimes.cancel_scopes import ScopeMaker
 
 if TYPE_CHECKING:
     from micropie.websocket._socket import WebSocket
 
 
 async def enter_lifetime(
-    ws: WebSocket, host: anyio.abc.TaskGroup | None
+    ws: WebSocket, host: anyio.abc.TaskGroup | None, make_scope: ScopeMaker
 ) -> anyio.abc.TaskGroup | None:
     """Open the block a WebSocket handler runs in: its own cancel scope, entered here.
 
@@ -34,7 +35,7 @@ async def enter_lifetime(
     if host is None:
         own_group = host = anyio.create_task_group()
         await own_group.__aenter__()
-    ws._begin_serving(host, swept=own_group is None)
+    ws._begin_serving(host, swept=own_group is None, make_scope=make_scope)
     return own_group
 
 

@@ -60,6 +60,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from micropie.core import json_codec
 from micropie.core.types import Message, Receive, Scope, Send
 from micropie.http.request import WebSocketRequest
+from micropie.lifetimes.cancel_scopes import CancelScopeLike, ScopeMaker
 from micropie.lifetimes.connection_tasks import ConnectionTasks
 from micropie.sessions import format_session_cookie, validate_session_id
 from micropie.websocket._errors import (
@@ -192,7 +193,7 @@ class WebSocket:
         self._inbox: MemoryObjectReceiveStream[Message] | None = None
         self._host: anyio.abc.TaskGroup | None = None  # where its tasks run, while served
         self._tasks: ConnectionTasks | None = None  # made when the first task starts
-        self._handler_scope: anyio.CancelScope | None = None
+        self._handler_scope: CancelScopeLike | None = None
         self._max_message_size: int | None = None
         self._reading = False  # the handler is waiting in receive() itself
         self._reads = 0  # messages the handler has read, for the sweeper (see _swept)
@@ -685,12 +686,15 @@ class WebSocket:
 
     # --- serving: the handler's scope and the connection's tasks ----------------------------
 
-    def _begin_serving(self, host: anyio.abc.TaskGroup, swept: bool) -> None:
+    def _begin_serving(
+        self, host: anyio.abc.TaskGroup, swept: bool, make_scope: ScopeMaker
+    ) -> None:
         """*Framework*, in the handler's task just before the handler runs: enter its cancel
-        scope; the connection's tasks run in ``host``. Without a sweeper (``swept`` false)
-        the pump starts at once: nobody would notice a handler that does not read."""
+        scope (made by ``make_scope``, see ``lifetimes.cancel_scopes``); the connection's tasks
+        run in ``host``. Without a sweeper (``swept`` false) the pump starts at once: nobody
+        would notice a handler that does not read."""
         self._host = host
-        self._handler_scope = scope = anyio.CancelScope()
+        self._handler_scope = scope = make_scope()
         if not swept:
             self._start_pump()
         scope.__enter__()

@@ -164,7 +164,8 @@ class WebSocketConnection:
             call = await self._handshake()
             if call is None:
                 return None
-            self._own_group = await enter_lifetime(ws, self._sweeper.task_group)
+            sweeper = self._sweeper
+            self._own_group = await enter_lifetime(ws, sweeper.task_group, sweeper.make_scope)
             if self._own_group is None:
                 self._sweeper.register(self)
             self._serving = True

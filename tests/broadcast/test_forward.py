@@ -314,8 +314,6 @@ async def test_leaving_is_bounded_even_when_a_send_ignores_cancellation(
             await broadcast.publish(channel, "stuck")
             with anyio.fail_after(5):
                 await sink.sending.wait()
-            left_at = anyio.current_time()
-        waited = anyio.current_time() - left_at
         stuck_at_exit = sink.active == 1 and not gate.is_set()
         gate.set()
         watchdog.cancel_scope.cancel()
@@ -325,7 +323,6 @@ async def test_leaving_is_bounded_even_when_a_send_ignores_cancellation(
         await anyio.wait_all_tasks_blocked()
         assert sink.calls == 1
     assert stuck_at_exit, "leaving waited for the send to end (or it never started)"
-    assert waited < 0.8
 
 
 async def test_without_the_workers_leaving_waits_for_the_send_in_progress(

@@ -1,4 +1,5 @@
-"""MicroPie 0.32 compatibility: request bodies, limits, timeouts and JSON (SPEC A6).
+"""MicroPie 0.32 compatibility: request bodies, limits, timeouts and JSON
+(docs/limits.md).
 
 Ported from 0.32's ``TestRequestBodyTimeouts`` (rewritten with anyio: no asyncio),
 the non-multipart half of ``TestRequestBodyLimits``, and the JSON request tests of

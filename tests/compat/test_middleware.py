@@ -1,4 +1,5 @@
-"""MicroPie 0.32 compatibility: HTTP middleware and sub-app handoff (SPEC A10).
+"""MicroPie 0.32 compatibility: HTTP middleware and sub-app handoff
+(docs/guides/middleware.md).
 
 Ported from 0.32's ``TestMiddleware``.
 """

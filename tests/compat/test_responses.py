@@ -1,4 +1,5 @@
-"""MicroPie 0.32 compatibility: response normalisation and sending (SPEC A8).
+"""MicroPie 0.32 compatibility: response normalisation and sending
+(docs/guides/requests-responses.md, "What a handler returns").
 
 Ported from 0.32's ``TestResponseHandling`` (the ``patch("micropie.json")`` tests are
 re-expressed through the public API; ``test_stream_completion_cancels_pending_receive`` is

@@ -1,4 +1,5 @@
-"""MicroPie 0.32 compatibility: routing and HTTP argument binding (SPEC A3, A4).
+"""MicroPie 0.32 compatibility: routing and HTTP argument binding
+(docs/guides/routing.md).
 
 Ported from 0.32's ``TestRouting`` and the HTTP half of ``TestFastPaths``.
 """

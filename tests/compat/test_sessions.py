@@ -1,4 +1,4 @@
-"""MicroPie 0.32 compatibility: HTTP sessions (SPEC A9).
+"""MicroPie 0.32 compatibility: HTTP sessions (docs/guides/sessions.md).
 
 Ported from 0.32's ``TestSession`` and the session half of ``TestFastPaths``. Backend internals
 (``last_access``, ``timeouts``, ``_cleanup``, ``_parse_cookies``) are private and not tested;

@@ -1,7 +1,8 @@
-"""MicroPie 0.32 compatibility: WebSocket routing, binding, sessions and the seed API.
+"""MicroPie 0.32 compatibility: WebSocket routing, binding, sessions and the documented API.
 
 Ported from 0.32's ``TestWebSocket`` and the WebSocket half of ``TestFastPaths``, plus the
-documented behaviour 0.32 gets wrong (SPEC B1, D3) and hypercorn's message shapes.
+documented behaviour 0.32 gets wrong (docs/migration.md, "Every difference") and hypercorn's
+message shapes.
 
 The scripted client never sends ``websocket.disconnect`` before it has its answer: 0.32's tests
 queued the disconnect up front, which only worked because 0.32 never reads ahead. A client that
@@ -254,7 +255,7 @@ async def test_websocket_exception_after_accept_closes_1011(
     assert conn.sent[1:] == [close(1011, "Internal server error")]
 
 
-# -- the seed API (seed-websockets.txt, SPEC A11) ------------------------------------------
+# -- the examples and API of docs/guides/websockets.md ---------------------------------------
 
 
 async def test_seed_echo_server_until_client_closes() -> None:
@@ -386,7 +387,8 @@ async def test_after_websocket_runs_after_handler(app: App) -> None:
 # -- where we deliberately differ from 0.32 ------------------------------------------------
 
 
-@differs_from_032("SPEC B1")  # differs from 0.32: SPEC B1 (0.32 looks up ws_ws_index)
+# 0.32 looks up ws_ws_index.
+@differs_from_032("Routing and binding: ws_index")
 async def test_ws_index_answers_at_root(app: App) -> None:
     @attach(app)
     async def ws_index(self: App, ws: WebSocket) -> None:
@@ -398,7 +400,8 @@ async def test_ws_index_answers_at_root(app: App) -> None:
     assert conn.sent[1:] == [send_text("root"), close(1000, "")]
 
 
-@differs_from_032("SPEC D3")  # differs from 0.32: SPEC D3 (0.32 sends no close)
+# 0.32 sends no close.
+@differs_from_032("WebSockets: A handler that returns without closing")
 async def test_handler_returning_without_close_closes_1000(app: App) -> None:
     @attach(app)
     async def ws_quiet(self: App, ws: WebSocket) -> None:
@@ -409,9 +412,9 @@ async def test_handler_returning_without_close_closes_1000(app: App) -> None:
     assert conn.sent[1:] == [send_text("bye"), close(1000, "")]
 
 
-# differs from 0.32: hypercorn frames (inventory 6 #20): 0.32's receive_text() evaluates
-# message.get("bytes", b"").decode() eagerly, so {"text": "hi", "bytes": None} crashes it.
-@differs_from_032("hypercorn text frames, inventory 6 #20")
+# 0.32's receive_text() evaluates message.get("bytes", b"").decode() eagerly, so
+# {"text": "hi", "bytes": None} crashes it.
+@differs_from_032("WebSockets: receive_text() under hypercorn")
 async def test_hypercorn_shaped_text_frames(app: App) -> None:
     """hypercorn sends both keys, one of them None: ``{"text": "hi", "bytes": None}``."""
 

@@ -293,7 +293,7 @@ async def test_srv_a_large_upload_is_saved_whole(tmp_path: Path) -> None:
 async def test_srv_a_client_aborting_mid_upload_leaves_nothing_behind(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """B8: the handler's reads fail, the partial file is removed, nothing is logged as an error."""
+    """The handler's reads fail, the partial file is removed, nothing is logged as an error."""
     app = RecordingUploadApp(tmp_path / "up")
     head = file_head("file", "cut.bin")
     request = (

@@ -1,8 +1,8 @@
 """Hostile and broken input: bodies, JSON, headers, paths, cookies, failing components.
 
 Every test drives ``app(scope, receive, send)`` directly on both backends. Where we
-deliberately differ from MicroPie 0.32 the test says so (``# differs from 0.32: SPEC ...``)
-and is a strict xfail when the suite runs against 0.32.
+deliberately differ from MicroPie 0.32 the test says so and names the row of docs/migration.md
+("Every difference") that documents it; it is a strict xfail when the suite runs against 0.32.
 """
 
 from __future__ import annotations
@@ -146,7 +146,8 @@ async def test_stalled_body_is_408_at_body_timeout() -> None:
     assert 0.09 <= took < 1.5
 
 
-@differs_from_032("SPEC B4")  # differs from 0.32: SPEC B4 (0.32 runs the handler on a partial body)
+# 0.32 runs the handler on a partial body.
+@differs_from_032("Requests: A disconnect while the body arrives")
 @pytest.mark.parametrize(
     ("path", "content_type", "partial"),
     [("/submit", FORM, b"value=par"), ("/data", JSON_REQUEST, b'{"a": 1}')],
@@ -187,13 +188,13 @@ HOSTILE_JSON = {
 def use_codec(codec: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """``stdlib`` forces micropie's JSON onto the standard library (no orjson)."""
     if codec == "stdlib":
-        # differs from 0.32: SPEC D5 (0.32 has no micropie.core.json_codec)
+        # 0.32 has no micropie.core.json_codec (the "stdlib" cases are marked as differences).
         monkeypatch.setattr("micropie.core.json_codec.orjson", None)
 
 
 CODECS = [
     pytest.param("orjson", id="orjson"),
-    pytest.param("stdlib", id="stdlib", marks=differs_from_032("SPEC D5")),
+    pytest.param("stdlib", id="stdlib", marks=differs_from_032("Requests: JSON")),
 ]
 
 
@@ -442,7 +443,11 @@ def failing_app(where: str) -> App:
     return app
 
 
-@differs_from_032("SPEC B7")  # differs from 0.32: SPEC B7 (0.32 lets the exception escape)
+# 0.32 lets the exception escape the app.
+@differs_from_032(
+    "Responses: Errors in middleware or in serialising a response",
+    "Sessions: Session backend errors",
+)
 @pytest.mark.parametrize("where", ["before", "after", "load", "save"])
 async def test_failing_middleware_or_backend_is_a_logged_500(
     where: str, caplog: pytest.LogCaptureFixture
@@ -460,7 +465,8 @@ async def test_failing_middleware_or_backend_is_a_logged_500(
 # -- handler results and shared state --------------------------------------------------------
 
 
-@differs_from_032("SPEC B11")  # differs from 0.32: SPEC B11 (0.32 sends b"None")
+# 0.32 sends b"None".
+@differs_from_032("Responses: A handler returns `None`")
 @pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
 async def test_handler_returning_none_sends_an_empty_body(sync: bool) -> None:
     app = App()
@@ -479,7 +485,8 @@ async def test_handler_returning_none_sends_an_empty_body(sync: bool) -> None:
 HEADERS = [("X-Frame-Options", "DENY")]
 
 
-@differs_from_032("SPEC B2")  # differs from 0.32: SPEC B2 (0.32 appends to the caller's list)
+# 0.32 appends to the caller's list.
+@differs_from_032("Responses: Header lists returned by a handler")
 async def test_handler_header_list_is_never_mutated() -> None:
     app = App()
 
@@ -504,7 +511,8 @@ async def test_handler_header_list_is_never_mutated() -> None:
     assert frozen_conn.sent == plain_response(200, b"frozen", [(b"X-Frozen", b"1"), HTML])
 
 
-@differs_from_032("SPEC B2")  # differs from 0.32: SPEC B2 (0.32 hands out shared header lists)
+# 0.32 hands out shared header lists.
+@differs_from_032("Responses: Header lists returned by a handler")
 async def test_outer_middleware_mutating_headers_does_not_leak_into_later_responses() -> None:
     """An outer ASGI middleware may append to ``message["headers"]`` in place.
 
@@ -545,7 +553,8 @@ async def test_outer_middleware_mutating_headers_does_not_leak_into_later_respon
         assert len(conn.header_values(b"content-type")) == 1
 
 
-@differs_from_032("SPEC B5")  # differs from 0.32: SPEC B5 (0.32 keeps only the last header)
+# 0.32 keeps only the last header, and only lower-case names are found.
+@differs_from_032("Requests: Repeated request headers", "Requests: Header lookup")
 async def test_repeated_request_headers_are_combined_and_lookup_is_case_insensitive() -> None:
     backend = CountingSessionBackend()
     await backend.save(VALID_SESSION_ID, {"user": "alice"}, 60)
@@ -584,7 +593,8 @@ async def test_repeated_request_headers_are_combined_and_lookup_is_case_insensit
     assert backend.load_calls == [VALID_SESSION_ID]
 
 
-@differs_from_032("SPEC B6")  # differs from 0.32: SPEC B6 (0.32 aliases the stored dict)
+# 0.32 hands the handler the stored dict itself.
+@differs_from_032("Sessions: A handler that fails")
 async def test_failing_handler_does_not_persist_session_changes(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -609,7 +619,7 @@ async def test_failing_handler_does_not_persist_session_changes(
     assert conn.body == b"100"
 
 
-# -- optional annotation coercion (SPEC C) ---------------------------------------------------
+# -- optional annotation coercion (docs/guides/routing.md, "Conversions from annotations") --
 
 
 def coercing_app() -> App:
@@ -630,7 +640,8 @@ def coercing_app() -> App:
     return app
 
 
-@differs_from_032("SPEC C coercion")  # differs from 0.32: SPEC C (0.32 ignores annotations)
+# 0.32 ignores annotations.
+@differs_from_032("Routing and binding: Annotations")
 @pytest.mark.parametrize(
     ("scope", "expected"),
     [
@@ -645,7 +656,8 @@ async def test_annotated_parameters_are_coerced(scope: dict[str, Any], expected:
     assert conn.sent == plain_response(200, expected)
 
 
-@differs_from_032("SPEC C coercion")  # differs from 0.32: SPEC C (0.32 ignores annotations)
+# 0.32 ignores annotations.
+@differs_from_032("Routing and binding: Annotations")
 @pytest.mark.parametrize(
     ("path", "query_string", "name"),
     [("/add/x", b"", "n"), ("/add/5", b"m=zz", "m"), ("/scale/abc", b"", "factor")],

@@ -1,4 +1,5 @@
-"""Streaming multipart uploads: what a handler sees (SPEC A4, A7, B3, B8).
+"""Streaming multipart uploads: what a handler sees (docs/guides/uploads.md; the differences
+from MicroPie 0.32 are docs/migration.md, "Uploads").
 
 Every test drives ``app(scope, receive, send)`` in-process on asyncio and trio. Uploads are
 either scripted messages (``asgi.run_app``) or an ``Upload``: a client that produces its body
@@ -242,7 +243,10 @@ async def test_file_without_content_type_is_octet_stream_and_iterable() -> None:
 
 @pytest.mark.anyio
 async def test_utf8_split_across_chunks_is_decoded_whole() -> None:
-    """SPEC B8: MicroPie decoded each chunk alone and lost split characters."""
+    """MicroPie 0.32 decoded each chunk alone and lost split characters.
+
+    docs/migration.md, Uploads: UTF-8 split across chunks.
+    """
     app = make_app()
     text = "abécd – ünïcödé 😀"
 
@@ -265,7 +269,10 @@ async def test_utf8_split_across_chunks_is_decoded_whole() -> None:
     ],
 )
 async def test_quoted_boundaries_and_any_case_work(content_type: str) -> None:
-    """SPEC B8: quoted boundaries and ``Multipart/Form-Data`` are recognised."""
+    """Quoted boundaries and ``Multipart/Form-Data`` are recognised.
+
+    docs/migration.md, Uploads: ``Multipart/Form-Data``, quoted boundaries.
+    """
     app = make_app()
 
     @attach(app)
@@ -393,7 +400,7 @@ async def test_handler_starts_before_the_upload_has_finished() -> None:
 
 @pytest.mark.anyio
 async def test_binding_a_field_behind_an_unread_file_does_not_deadlock() -> None:
-    """B11: the handler binds ``after``, which follows a large file it has not read yet."""
+    """The handler binds ``after``, which follows a large file it has not read yet."""
     app = make_app()
     size = 4 * 1024 * 1024
     upload_ = Upload(
@@ -588,7 +595,7 @@ async def test_a_handler_that_does_not_read_holds_the_upload_back() -> None:
 
 @pytest.mark.anyio
 async def test_handler_returning_without_draining_a_large_file_stops_the_upload() -> None:
-    """B9: the response is sent at once; the parser is cancelled and awaited."""
+    """The response is sent at once; the parser is cancelled and awaited."""
     app = make_app()
     total = 15 * 1024 * 1024
     upload_ = Upload([file_head("big", "b.bin"), *repeated(CHUNK, total // len(CHUNK)), tail()])
@@ -606,7 +613,7 @@ async def test_handler_returning_without_draining_a_large_file_stops_the_upload(
 
 @pytest.mark.anyio
 async def test_middleware_short_circuit_stops_the_parser() -> None:
-    """B10: ``before_request`` answers 401; the upload is not read on."""
+    """``before_request`` answers 401; the upload is not read on."""
     app = make_app()
     called: list[str] = []
 
@@ -634,7 +641,10 @@ async def test_middleware_short_circuit_stops_the_parser() -> None:
 
 @pytest.mark.anyio
 async def test_truncated_upload_never_looks_complete() -> None:
-    """SPEC B3: a body that ends before the closing boundary fails the open file."""
+    """A body that ends before the closing boundary fails the open file.
+
+    docs/migration.md, Uploads: An upload cut short.
+    """
     app = make_app()
     seen: list[Any] = []
 
@@ -862,7 +872,7 @@ async def test_without_the_multipart_package_answers_500(
 async def test_client_leaving_mid_upload_fails_the_file_and_sends_nothing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """B8: the reader's ``get()`` raises; no response, no ERROR log."""
+    """The reader's ``get()`` raises; no response, no ERROR log."""
     app = make_app()
     failures: list[BaseException] = []
 
@@ -1049,7 +1059,7 @@ async def test_upload_stream_queue_compatibility() -> None:
         broken.get_nowait()
 
 
-# --- chunking never changes the result (B13) --------------------------------------------------
+# --- chunking never changes the result --------------------------------------------------------
 
 _names = st.text(alphabet="abcdefgh", min_size=1, max_size=4)
 _parts = st.lists(

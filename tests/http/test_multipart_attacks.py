@@ -1,5 +1,5 @@
-"""Hostile multipart input: every attack gets a fast, bounded answer (research/reliability §1.1,
-§4.B; SPEC A7, D1, D6).
+"""Hostile multipart input: every attack gets a fast, bounded answer (docs/limits.md,
+"Multipart uploads"; docs/migration.md, "Uploads").
 
 Limits answer 413, malformed input 400, and nothing an attacker sends may stall the event loop,
 grow memory without bound or reach a response header.
@@ -7,9 +7,7 @@ grow memory without bound or reach a response header.
 
 from __future__ import annotations
 
-import gc
 import itertools
-import time
 import tracemalloc
 from collections.abc import Iterator
 from typing import Any
@@ -29,6 +27,7 @@ from tests.http.test_multipart import (
     make_app,
     multipart,
     read_all,
+    repeated,
     tail,
     upload_scope,
 )
@@ -60,16 +59,13 @@ def note_app(**settings: Any) -> tuple[App, list[str]]:
     return app, calls
 
 
-async def timed(coroutine: Any) -> tuple[Any, float]:
-    """The coroutine's result and how long it took. The garbage left by earlier tests is
-    collected first, so that a full collection of it is not counted as the parser's time."""
-    gc.collect()
-    start = time.perf_counter()
-    result = await coroutine
-    return result, time.perf_counter() - start
+#: "Does not hang": a bound for one hostile request, many times what it takes on a loaded
+#: machine. How fast hostile bodies are answered, and what a GET beside them waits, are a
+#: benchmark's questions (benchmarks/hostile_bodies.py), not a test's: the tests count work.
+HANG_GUARD = 5.0
 
 
-# --- B1: a text field is limited while it streams ---------------------------------------------
+# --- a text field is limited while it streams -------------------------------------------------
 
 
 @pytest.mark.parametrize("message_size", [None, 1024])
@@ -91,7 +87,7 @@ async def test_text_field_one_byte_over_the_limit_is_413(message_size: int | Non
     assert ((conn.status, conn.body), calls) == (FIELD_TOO_LARGE, [])
 
 
-# --- B2, B3: part and file counts --------------------------------------------------------------
+# --- part and file counts ----------------------------------------------------------------------
 
 
 def count_app(**settings: Any) -> tuple[App, list[int]]:
@@ -153,7 +149,7 @@ async def test_whole_body_over_max_body_size_is_413() -> None:
     assert ((conn.status, conn.body), calls) == ((413, b"413 Payload Too Large"), [])
 
 
-# --- B4: part headers ---------------------------------------------------------------------------
+# --- part headers -------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -166,22 +162,32 @@ async def test_whole_body_over_max_body_size_is_413() -> None:
     ],
     ids=["nine-headers", "5KB-header"],
 )
-async def test_oversized_part_headers_are_400_fast(part: bytes) -> None:
-    """CVE-2026-42561 / CVE-2026-34516: at most 8 headers of ~4 KB per part."""
+async def test_oversized_part_headers_are_400_before_the_rest_of_the_body(part: bytes) -> None:
+    """CVE-2026-42561 / CVE-2026-34516: at most 8 headers of ~4 KB per part.
+
+    The headers come in one message and 4 MiB of the part's value after them: the answer comes
+    from the headers alone, without reading on.
+    """
     app, calls = note_app()
-    conn, elapsed = await timed(run_app(app, upload_scope(), [body(multipart(part))]))
-    assert ((conn.status, conn.body), calls) == (MALFORMED, [])
-    assert elapsed < 0.05
+    headers = part.partition(b"\r\n\r\n")[0]
+    first = b"--" + BOUNDARY.encode() + b"\r\n" + headers + b"\r\n\r\n"
+    upload = Upload([first, *repeated(CHUNK, 64), tail()])
+    await upload.run(app, upload_scope(), deadline=HANG_GUARD)
+    assert ((upload.status, upload.body), calls) == (MALFORMED, [])
+    assert upload.sent == len(first)
 
 
-# --- B5: huge preamble or epilogue --------------------------------------------------------------
+# --- huge preamble or epilogue ------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("where", ["preamble", "epilogue"])
-async def test_huge_preamble_or_epilogue_is_answered_fast_and_the_loop_stays_responsive(
+async def test_huge_preamble_or_epilogue_is_answered_and_the_loop_stays_responsive(
     where: str,
 ) -> None:
-    """CVE-2024-53981 / CVE-2026-40347: 16 MiB around the form."""
+    """CVE-2024-53981 / CVE-2026-40347: 16 MiB around the form, in 64 messages.
+
+    A GET sent once 8 of them are in is answered before the rest have come.
+    """
     app, _ = note_app(max_body_size=32 * MiB)
 
     @attach(app)
@@ -192,52 +198,48 @@ async def test_huge_preamble_or_epilogue_is_answered_fast_and_the_loop_stays_res
     async def whole(self: App, **form: Any) -> str:  # waits for the end of the body
         return str(form["note"])
 
-    junk = [b"\r\n" + b"\x00" * (MiB - 2)] * 16
+    junk = [b"\r\n" + b"\x00" * (MiB // 4 - 2)] * 64
     form = multipart(field("note", "hello"))
     chunks = [*junk, b"\r\n" + form] if where == "preamble" else [form, *junk]
     upload = Upload(chunks)
-    latencies: list[float] = []
+    answered_at: list[int] = []  # how many chunks of the body the app had read by then
 
     async def get_while_attacked() -> None:
         await upload.reached(8).wait()
-        conn, elapsed = await timed(run_app(app, http_scope("/")))
+        conn = await run_app(app, http_scope("/"))
         assert conn.body == b"still here"
-        latencies.append(elapsed)
+        answered_at.append(upload.index)
 
-    start = time.perf_counter()
-    with anyio.fail_after(5):
+    with anyio.fail_after(HANG_GUARD):
         async with anyio.create_task_group() as tg:
             tg.start_soon(get_while_attacked)
-            await upload.run(app, upload_scope("/whole"))
-    assert time.perf_counter() - start < 1.0
+            await upload.run(app, upload_scope("/whole"), deadline=HANG_GUARD)
     assert (upload.status, upload.body) == (200, b"hello")
-    assert latencies[0] < 0.2
+    assert answered_at[0] < len(chunks)  # the GET was answered while the body still came in
 
 
-# --- B6: ReDoS-shaped headers --------------------------------------------------------------------
+# --- ReDoS-shaped headers ------------------------------------------------------------------------
 
 
 async def test_backslash_runs_in_the_boundary_are_answered_fast() -> None:
     """CVE-2024-24762 / CVE-2026-28356: ``boundary="\\\\\\\\…a`` (unterminated)."""
     app, calls = note_app()
     content_type = 'multipart/form-data; boundary="' + "\\" * 64 + "a"
-    conn, elapsed = await timed(
-        run_app(app, upload_scope(content_type=content_type), [body(b"--x--\r\n")])
+    conn = await run_app(
+        app, upload_scope(content_type=content_type), [body(b"--x--\r\n")], deadline=HANG_GUARD
     )
     assert conn.status == 400
     assert calls == []
-    assert elapsed < 0.1
 
 
 async def test_backslash_runs_in_content_disposition_are_answered_fast() -> None:
     app, _ = note_app()
     part = b'Content-Disposition: form-data; name="' + b"\\" * 4000 + b"\r\n\r\nvalue"
-    conn, elapsed = await timed(run_app(app, upload_scope(), [body(multipart(part))]))
+    conn = await run_app(app, upload_scope(), [body(multipart(part))], deadline=HANG_GUARD)
     assert conn.status in (200, 400)
-    assert elapsed < 0.1
 
 
-# --- B7: boundary and framing ---------------------------------------------------------------------
+# --- boundary and framing -------------------------------------------------------------------------
 
 
 async def test_no_boundary_is_400() -> None:
@@ -276,7 +278,7 @@ async def test_garbage_is_malformed() -> None:
     assert ((conn.status, conn.body), calls) == (MALFORMED, [])
 
 
-# --- B12: client-chosen names -----------------------------------------------------------------
+# --- client-chosen names ----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -360,7 +362,7 @@ async def test_concurrent_large_uploads_to_handlers_that_do_not_read_stay_bounde
 
 
 async def test_one_byte_messages_keep_the_loop_responsive() -> None:
-    """B13: a 64 KiB upload sent one byte per ``receive()``; a GET meanwhile stays fast."""
+    """A 64 KiB upload sent one byte per ``receive()``; a GET meanwhile is answered."""
     app = make_app()
 
     @attach(app)
@@ -373,17 +375,17 @@ async def test_one_byte_messages_keep_the_loop_responsive() -> None:
 
     data = multipart(file_part("doc", "d", b"z" * 65536))
     client = Upload([data[i : i + 1] for i in range(len(data))])
-    latencies: list[float] = []
+    answered_at: list[int] = []  # how many bytes of the body the app had read by then
 
     async def get_while_attacked() -> None:
         await client.reached(len(data) // 2).wait()
-        conn, elapsed = await timed(run_app(app, http_scope("/")))
+        conn = await run_app(app, http_scope("/"))
         assert conn.body == b"still here"
-        latencies.append(elapsed)
+        answered_at.append(client.index)
 
     with anyio.fail_after(20):
         async with anyio.create_task_group() as tg:
             tg.start_soon(get_while_attacked)
             await client.run(app, upload_scope(), deadline=20)
     assert (client.status, client.body) == (200, b"65536")
-    assert latencies[0] < 0.2
+    assert answered_at[0] < len(data) // 2 + 1000  # answered within 1,000 of 32 K more receives

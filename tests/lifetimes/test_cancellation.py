@@ -16,14 +16,20 @@ import anyio.lowlevel
 import pytest
 
 from micropie import App, HttpMiddleware, Request, shielded, time_limit
+from tests.support.apps.cancellation import Work
 from tests.support.drive import Client, http_scope, lifespan
 
 pytestmark = pytest.mark.anyio
 
 #: A client that leaves is seen within two 50 ms sweeps; generous under load.
 PROMPTLY = 1.0
-#: How far an answer "on time" may be from the deadline.
-TOLERANCE = 0.1
+#: The documented guarantee (docs/lifetimes.md): a handler learns within 100 ms that its
+#: client left.
+NOTICED_WITHIN = 0.1
+#: What a loaded machine may add to a documented time (the tests assert "no later than").
+LATE = 0.3
+#: How early a deadline may seem to fire: the handler reads the clock a moment after it started.
+EARLY = 0.05
 
 
 class LeavingClient(Client):
@@ -37,46 +43,6 @@ class LeavingClient(Client):
         message = await super().receive()
         self.told.set()
         return message
-
-
-class Work(App):
-    """Handlers that wait for ``release`` and record how they ended."""
-
-    def __init__(self, **settings: Any) -> None:
-        super().__init__(**settings)
-        self.started = anyio.Event()
-        self.release = anyio.Event()
-        self.finished = anyio.Event()
-        self.cancelled = anyio.Event()
-        self.done: list[str] = []
-        self.after_request: list[str] = []
-
-    async def _work(self, name: str) -> str:
-        self.started.set()
-        try:
-            await self.release.wait()
-        except anyio.get_cancelled_exc_class():
-            self.cancelled.set()
-            raise
-        self.done.append(name)
-        self.finished.set()
-        return name
-
-    async def plain(self) -> str:
-        return await self._work("plain")
-
-    @shielded
-    async def kept(self) -> str:
-        return await self._work("kept")
-
-    @shielded
-    async def kept_session(self) -> str:
-        self.request.session["paid"] = "yes"
-        return await self._work("kept_session")
-
-    async def login(self) -> str:
-        self.request.session["user"] = "alice"
-        return "in"
 
 
 class Recorder(HttpMiddleware):
@@ -236,7 +202,7 @@ async def test_a_handler_learns_within_100_ms_that_its_client_left(
                 left_at = anyio.current_time()
                 client.leave()
                 await app.noticed.wait()
-    assert app.noticed_at - left_at < TOLERANCE
+    assert app.noticed_at - left_at < NOTICED_WITHIN + LATE
     assert client.sent == []
     assert client.pending_receives == 0
 
@@ -404,7 +370,7 @@ async def test_a_handler_past_its_deadline_gets_503_on_time(
         assert len(anyio.get_running_tasks()) == baseline  # nothing left running
     assert client.sent[0]["status"] == 503
     assert client.sent[1]["body"] == b"503 Service Unavailable: Request timed out"
-    assert abs(answered_at - app.started_at - limit) < TOLERANCE
+    assert limit - EARLY <= answered_at - app.started_at < limit + LATE
     assert app.cancelled.is_set()
     assert app.child_cancelled.is_set()
     assert any(path in record.getMessage() for record in caplog.records)
@@ -423,7 +389,7 @@ async def test_a_deadline_honours_shields(with_lifespan: bool) -> None:
     async with lifespan(app, running=with_lifespan):
         client, answered_at = await answer_with_time(app, "/shield_past_limit")
     assert client.sent[0]["status"] == 503
-    assert abs(answered_at - app.started_at - 0.5) < TOLERANCE  # right after the shield
+    assert 0.5 - EARLY <= answered_at - app.started_at < 0.5 + LATE  # right after the shield
 
 
 async def test_a_stream_past_its_deadline_is_cut_off(with_lifespan: bool) -> None:
@@ -436,7 +402,7 @@ async def test_a_stream_past_its_deadline_is_cut_off(with_lifespan: bool) -> Non
         message["type"] == "http.response.body" and not message.get("more_body", False)
         for message in client.sent
     )  # never finished: the client sees a cut-off response
-    assert abs(answered_at - app.started_at - 0.3) < TOLERANCE
+    assert 0.3 - EARLY <= answered_at - app.started_at < 0.3 + LATE
 
 
 def test_time_limit_rejects_a_limit_that_is_not_positive() -> None:

@@ -13,14 +13,15 @@ The compat tests call ``app(scope, receive, send)`` with:
 
 Every call runs under a deadline, so a framework that hangs fails the test instead of the run.
 
-Comparing against the original MicroPie 0.32: 0.32 has no ``__version__`` (SPEC A1 requires
-ours to have one), so ``REFERENCE_032`` is true when the suite runs against it. Two things use
+Comparing against the original MicroPie 0.32: 0.32 has no ``__version__`` (micropie has
+one), so ``REFERENCE_032`` is true when the suite runs against it. Two things use
 it, and nothing else should:
 
 * ``plain_response`` leaves out the ``content-length`` header that our plain responses add
   (``# differs: Content-Length``), so the rest of each assertion is still checked on 0.32;
-* ``differs_from_032(ref)`` marks a test that must fail on 0.32 (SPEC B/C/D differences) as a
-  strict xfail there; on our framework it is an ordinary test.
+* ``differs_from_032(*rows)`` marks a test that must fail on 0.32 (a difference documented in
+  docs/migration.md, "Every difference") as a strict xfail there; on our framework it is an
+  ordinary test.
 """
 
 from __future__ import annotations
@@ -59,13 +60,18 @@ ATTACKER_SESSION_ID = "00000000-0000-4000-8000-000000000002"
 DEFAULT_DEADLINE = 5.0
 
 
-def differs_from_032(reference: str) -> pytest.MarkDecorator:
-    """Mark a test for a deliberate difference from 0.32 (e.g. ``"SPEC B1"``).
+def differs_from_032(*rows: str) -> pytest.MarkDecorator:
+    """Mark a test for a deliberate difference from 0.32.
 
-    Against 0.32 the test is a strict xfail (it must fail there, which proves it can detect the
-    old behaviour); against our framework it must pass.
+    ``rows`` name the rows of docs/migration.md ("Every difference") that document it, as
+    ``"<table heading>: <row>"``, e.g. ``"Routing and binding: ws_index"``. Against 0.32 the
+    test is a strict xfail (it must fail there, which proves it can detect the old behaviour);
+    against our framework it must pass.
     """
-    return pytest.mark.xfail(REFERENCE_032, reason=f"differs from 0.32: {reference}", strict=True)
+    if not rows:
+        raise TypeError("differs_from_032() needs the docs/migration.md row of the difference")
+    reason = "differs from 0.32, see docs/migration.md: " + "; ".join(rows)
+    return pytest.mark.xfail(REFERENCE_032, reason=reason, strict=True)
 
 
 def http_scope(
