@@ -260,8 +260,8 @@ class App:
         token = current_request.set(request)
         try:
             try:
-                media_type, has_cookie = self._check_framing(request)
-                session = await load_session(self, request) if has_cookie else None
+                media_type, session_sent = self._check_framing(request)
+                session = await load_session(self, request) if session_sent else None
                 connection, form = self._connection_for(request, receive, media_type)
                 answer = None  # stays None when the user code is cancelled
                 async with connection:
@@ -312,10 +312,10 @@ class App:
         content_length, media_type, has_cookie = scan_headers(scope)
         if content_length is not None:
             bodies.check_content_length(content_length, self._body_limit(media_type))
-        has_cookie = has_cookie or carries_session(scope)
+        session_sent = has_cookie or carries_session(scope)
         if request.method in bodies.BODY_METHODS and not request.body_parsed:
-            return media_type, has_cookie
-        return None, has_cookie
+            return media_type, session_sent
+        return None, session_sent
 
     def _body_limit(self, media_type: str | None) -> int | None:
         """The largest body of this media type: ``max_body_size``, and ``max_json_size`` too

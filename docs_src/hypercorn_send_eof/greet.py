@@ -1,4 +1,4 @@
-"""The seed's ``ws_greet`` example as a micropie App: accept, greet, close at once."""
+"""MicroPie's documented ``ws_greet`` example as a micropie App: accept, greet, close at once."""
 
 from __future__ import annotations
 

@@ -258,7 +258,7 @@ async def test_websocket_exception_after_accept_closes_1011(
 # -- the examples and API of docs/guides/websockets.md ---------------------------------------
 
 
-async def test_seed_echo_server_until_client_closes() -> None:
+async def test_documented_echo_server_until_client_closes() -> None:
     class MyApp(App):
         async def ws_echo(self, ws: WebSocket) -> None:
             await ws.accept()
@@ -285,7 +285,7 @@ async def test_seed_echo_server_until_client_closes() -> None:
     assert all(m["type"] == "websocket.close" for m in conn.sent[3:])
 
 
-async def test_seed_greet_path_and_query() -> None:
+async def test_documented_greet_path_and_query() -> None:
     class MyApp(App):
         async def ws_greet(self, ws: WebSocket, name: str = "Guest") -> None:
             await ws.accept()

@@ -275,7 +275,7 @@ async def test_middleware(sample_modules: None) -> None:
 
 
 @pytest.mark.anyio
-async def test_websocket_seed_examples(sample_modules: None) -> None:
+async def test_websocket_documented_examples(sample_modules: None) -> None:
     app = load("websockets/echo.py").app
     async with TestClient(app) as client:
         async with client.websocket_connect("/echo") as ws:

@@ -43,6 +43,7 @@ class Orders(Work):
         self.started_at = 0.0
         self.written = anyio.Event()
         self.after_block = False
+        self.child_cancelled = anyio.Event()
 
     async def _after_the_drop(self, name: str) -> str:
         """Wait until the client has gone (so the test knows it was seen), then work on."""
@@ -94,6 +95,25 @@ class Orders(Work):
             raise
         return "written"
 
+    async def grouped(self) -> str:
+        """A handler with a task group of its own, its child running."""
+        try:
+            async with anyio.create_task_group() as task_group:
+                await task_group.start(self._child)
+                self.started.set()
+                await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
+            self.cancelled.set()
+            raise
+        return "unreachable"  # pragma: no cover
+
+    async def _child(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        try:
+            task_status.started()
+            await anyio.sleep_forever()
+        finally:
+            self.child_cancelled.set()
+
     @time_limit(0.3)
     async def limited(self) -> str:
         self.started_at = anyio.current_time()
@@ -123,6 +143,18 @@ async def test_a_plain_handler_is_cancelled_when_its_client_drops_the_connection
         await request_then_drop(url, "/plain", app.started)
         with anyio.fail_after(PROMPTLY):
             await app.cancelled.wait()
+        app.release.set()
+        async with httpx.AsyncClient(base_url=url) as client:
+            assert (await client.get("/record")).text == ""
+
+
+async def test_a_task_group_in_a_handler_is_cancelled_when_its_client_drops() -> None:
+    app = Orders()
+    async with running_server(app) as url:
+        await request_then_drop(url, "/grouped", app.started)
+        with anyio.fail_after(PROMPTLY):
+            await app.cancelled.wait()
+        assert app.child_cancelled.is_set()
         app.release.set()
         async with httpx.AsyncClient(base_url=url) as client:
             assert (await client.get("/record")).text == ""

@@ -93,7 +93,7 @@ async def test_routes_json_upload_and_stream(server: CliServer) -> None:
         assert streamed.text == "".join(f"{i};" for i in range(200))
 
 
-async def test_seed_websocket_examples_and_a_failing_handler(
+async def test_documented_websocket_examples_and_a_failing_handler(
     server: CliServer, anyio_backend: str
 ) -> None:
     async with ws_connect(f"{server.url}/echo", anyio_backend) as ws:

@@ -3,7 +3,7 @@
 Unfixed, hypercorn's trio ``TCPServer._close`` sends its EOF while the reading task answers the
 client's close frame, and the ``trio.BusyResourceError`` that follows ends the whole server
 process within a few such connections (docs/hypercorn-trio-send-eof.md). Every test here runs
-the seed's ``ws_greet`` (accept, greet, close) against a raw-socket client that reads the
+MicroPie's documented ``ws_greet`` (accept, greet, close) against a raw-socket client that reads the
 greeting, then sends its close frame and FIN at once, ``RACES`` times in a row, and then checks
 that the server still answers. The trio worker only: the asyncio worker has no such race.
 """

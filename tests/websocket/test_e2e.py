@@ -26,8 +26,8 @@ from tests.support.ws_clients import Closed, ws_connect
 pytestmark = pytest.mark.anyio
 
 
-class SeedApp(MyApp):
-    """The seed's examples as written (examples/websockets/app.py), plus failure paths."""
+class DocumentedExamples(MyApp):
+    """MicroPie's documented examples (examples/websockets/app.py), plus failure paths."""
 
     async def ws_quiet(self, ws: WebSocket) -> None:
         await ws.accept()
@@ -38,8 +38,8 @@ class SeedApp(MyApp):
         raise RuntimeError("secret detail")
 
 
-async def test_seed_examples_work_as_written(anyio_backend: str) -> None:
-    from examples.websockets.app import app  # the seed's examples as a runnable app
+async def test_documented_examples_work_as_written(anyio_backend: str) -> None:
+    from examples.websockets.app import app  # MicroPie's documented examples, runnable
 
     async with running_server(app) as url:
         async with ws_connect(f"{url}/echo", anyio_backend) as ws:
@@ -58,7 +58,7 @@ async def test_seed_examples_work_as_written(anyio_backend: str) -> None:
 async def test_close_codes_for_returning_and_failing_handlers(
     anyio_backend: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with running_server(SeedApp()) as url:
+    async with running_server(DocumentedExamples()) as url:
         async with ws_connect(f"{url}/quiet", anyio_backend) as ws:
             assert await ws.recv() == "bye"
             with pytest.raises(Closed) as closed:
@@ -125,7 +125,7 @@ async def test_refusals_are_rejected_handshakes_and_the_server_keeps_serving(
         async def after_websocket(self, request: Any) -> None:
             pass
 
-    app = SeedApp()
+    app = DocumentedExamples()
     app.ws_middlewares.append(Gate())
     async with running_server(app) as url:
         for path in ["/nowhere?token=ok", "/echo"]:
@@ -140,7 +140,7 @@ async def test_refusals_are_rejected_handshakes_and_the_server_keeps_serving(
 async def test_oversized_message_closes_1009_and_spares_other_connections(
     anyio_backend: str,
 ) -> None:
-    app = SeedApp()
+    app = DocumentedExamples()
     app.ws_max_message_size = 1024  # type: ignore[attr-defined]
     async with (
         running_server(app) as url,
@@ -240,7 +240,7 @@ async def test_server_shutdown_closes_open_connections_with_1001(anyio_backend: 
         # The client lives in the outer task group, so it outlasts the server's block.
         async with (
             anyio.create_task_group() as clients,
-            running_server(SeedApp(), graceful_timeout=0.2) as url,
+            running_server(DocumentedExamples(), graceful_timeout=0.2) as url,
         ):
             clients.start_soon(hold_connection, url)
             await connected.wait()

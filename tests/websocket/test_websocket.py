@@ -1,4 +1,4 @@
-"""WebSockets in-process: the seed API, lifetimes, limits and what goes beyond MicroPie.
+"""WebSockets in-process: MicroPie's documented API, lifetimes, limits and what goes beyond it.
 
 Each test plays the client over anyio memory streams (``Peer``): it sends ASGI messages to the
 app's ``receive()`` and reads what the app passes to ``send()``. The app call runs in a task of
@@ -167,14 +167,14 @@ async def connect(
         _lifespan_running.remove(app)
 
 
-# --- the seed ----------------------------------------------------------------------------
+# --- MicroPie's documented examples ---------------------------------------------------------------
 
 
-SeedApp = MyApp  # the seed's two examples, as written, in examples/websockets/app.py
+DocumentedExamples = MyApp  # MicroPie's two documented examples (examples/websockets/app.py)
 
 
-async def test_seed_echo_until_the_client_leaves() -> None:
-    app = SeedApp()
+async def test_documented_echo_until_the_client_leaves() -> None:
+    app = DocumentedExamples()
     async with connect(app, "/echo", headers=[(b"cookie", b"session_id=x")]) as peer:
         accept = await peer.receive()
         assert accept["type"] == "websocket.accept"
@@ -194,8 +194,10 @@ async def test_seed_echo_until_the_client_leaves() -> None:
         ("/greet", b"", "Hello Guest!"),
     ],
 )
-async def test_seed_greet_by_path_query_and_default(path: str, query: bytes, greeting: str) -> None:
-    async with connect(SeedApp(), path, query_string=query) as peer:
+async def test_documented_greet_by_path_query_and_default(
+    path: str, query: bytes, greeting: str
+) -> None:
+    async with connect(DocumentedExamples(), path, query_string=query) as peer:
         messages = await peer.receive_all()
     assert messages[1:] == [text(greeting), close()]
 
@@ -289,7 +291,7 @@ async def test_before_websocket_rejects_before_accept(
     verdict: dict[str, Any], expected: Message
 ) -> None:
     recorder = Recorder(verdict)
-    app = SeedApp()
+    app = DocumentedExamples()
     app.ws_middlewares.append(recorder)
     async with connect(app, "/echo") as peer:
         assert await peer.receive_all() == [expected]
@@ -304,7 +306,7 @@ async def test_failing_middleware_closes_1011_and_logs(caplog: pytest.LogCapture
         async def after_websocket(self, request: Any) -> None:
             pass
 
-    app = SeedApp()
+    app = DocumentedExamples()
     app.ws_middlewares.append(Broken())
     async with connect(app, "/echo") as peer:
         assert await peer.receive_all() == [close(1011, "Internal server error")]

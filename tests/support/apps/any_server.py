@@ -1,7 +1,7 @@
-"""The app that other ASGI servers (uvicorn, granian) serve in tests/test_other_servers.py.
+"""The app that other ASGI servers (uvicorn, granian) serve in tests/serving/test_other_servers.py.
 
-The seed's WebSocket examples (echo, greet) plus one HTTP route for each kind of answer. The
-server runs in another process, so the test learns what happened inside it over HTTP:
+MicroPie's documented WebSocket examples (echo, greet) plus one HTTP route for each kind of
+answer. The server runs in another process, so the test learns what happened inside it over HTTP:
 ``/happened/NAME`` waits (at most ``WAIT_SECONDS``) for the named moment, such as
 ``KEY-cancelled`` after ``/slow/KEY``, and answers ``yes`` or ``no``. Each test picks its own
 KEY, so the tests can share one server process.
