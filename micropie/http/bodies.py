@@ -15,6 +15,7 @@ limit of their own (``App.max_json_size``).
 
 from __future__ import annotations
 
+import contextvars
 import gc
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -82,11 +83,13 @@ async def read_body(
     mistaken for a complete one. Each ``receive()`` may take ``idle_timeout`` seconds: past it,
     ``deadlines`` cancels the reader and the caller answers 408 (``ConnectionScope.timed_out``).
     ``on_chunk`` is awaited with each chunk as it arrives (a parser that works as data comes).
+
+    Each deadline is set outside the request's context (``_outside_the_request``).
     """
     chunks: list[bytes] = []
     size = 0
     while True:
-        deadlines.expect_body_within(idle_timeout)
+        _outside_the_request(deadlines.expect_body_within, idle_timeout)
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientDisconnected
@@ -102,6 +105,22 @@ async def read_body(
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+def _outside_the_request(
+    set_deadline: Callable[[float | None], None], seconds: float | None
+) -> None:
+    """Set a body deadline from an empty context, so its timer does not keep the request.
+
+    On asyncio a deadline is a timer, and a timer keeps the context it was scheduled in until
+    its time comes, even once cancelled: the request's context holds ``current_request``, so
+    each body message's timer kept the request, its body and its parsed JSON alive for
+    ``body_timeout`` after the response, and the loop freed them later by the hundred, in one
+    step (a dropped timer at a time, or its whole cancelled share at once). A deadline needs no
+    context variable: the cancellation it delivers goes to the scope's tasks, which run in
+    their own. On trio a deadline is no timer; the empty context costs nothing there.
+    """
+    contextvars.Context().run(set_deadline, seconds)
+
+
 _gc_pause_lock = threading.Lock()
 _gc_pauses = 0  # parses running with the collector paused
 _gc_resume = False  # whether the last of them turns it back on
@@ -114,12 +133,14 @@ def _paused_gc() -> Iterator[None]:
     Building a document of many small lists or objects triggers a collection every few hundred
     containers, each one walking the containers made so far, all inside the parser's single
     call, under the GIL, so the event loop waits for all of it. A parsed document has no
-    cycles; the collector need not look at it while it is built. Afterwards one young
-    collection takes in what was made, so the work is done once, here, and not on the event
-    loop at its next allocation. The collector is process-wide: the first of concurrent
-    parses pauses it and the last resumes it, only if it was enabled to begin with; while a
-    parse runs the GIL is held by the parser, so no other code runs without the collector
-    for long.
+    cycles; the collector need not look at it while it is built, nor right after: the last
+    parse to finish hands everything the collector has not seen yet (the documents, and
+    whatever else was allocated meanwhile) straight to the oldest generation
+    (``_skip_young_collections``), instead of a young collection that would walk every
+    container of the document once more, holding the GIL again. The collector is
+    process-wide: the first of concurrent parses pauses it and the last resumes it, only if it
+    was enabled to begin with; while a parse runs the GIL is held by the parser, so no other
+    code runs without the collector for long.
     """
     global _gc_pauses, _gc_resume
     with _gc_pause_lock:
@@ -132,11 +153,27 @@ def _paused_gc() -> Iterator[None]:
     finally:
         with _gc_pause_lock:
             _gc_pauses -= 1
-            resume = _gc_pauses == 0 and _gc_resume
-            if resume:
+            if _gc_pauses == 0 and _gc_resume:
+                _skip_young_collections()
                 gc.enable()
-        if resume:
-            gc.collect(0)
+
+
+def _skip_young_collections() -> None:
+    """Move every object the collector tracks into its oldest generation, in constant time.
+
+    ``gc.freeze()`` then ``gc.unfreeze()`` splice the generations' lists into the permanent
+    generation and back into the oldest one, without visiting an object. What was young is
+    then looked at only by the next full collection, which the collector runs when enough
+    objects have survived its middle generation, as always; a document freed when its request
+    ends leaves the lists then, as any object does. An application that froze objects itself
+    (``gc.freeze()`` before forking workers, say) keeps them frozen: then a young collection
+    runs instead, as it would have at the next allocation.
+    """
+    if gc.get_freeze_count():
+        gc.collect(0)
+    else:
+        gc.freeze()
+        gc.unfreeze()
 
 
 #: One large JSON parse at a time per event loop (see ``_parse_json``).

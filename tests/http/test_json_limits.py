@@ -110,3 +110,27 @@ async def test_large_documents_leave_the_garbage_collector_as_they_found_it() ->
             assert gc.isenabled() is enabled
     finally:
         (gc.enable if was_enabled else gc.disable)()
+
+
+async def test_frozen_objects_stay_frozen_and_the_young_generation_is_left_empty() -> None:
+    """After a large document, the collector's youngest generation does not hold it (the next
+    allocation, on the event loop, would walk every container of it), and what an application
+    froze with ``gc.freeze()`` stays frozen: the collector never sees it."""
+    nested = b'{"items":[' + b",".join([b"[]"] * 100_000) + b"]}"
+    app = Echo(max_json_size=None)
+    was_enabled = gc.isenabled()
+    gc.enable()
+    try:
+        for freeze_first in (False, True):
+            marker: list[object] = []
+            if freeze_first:
+                gc.freeze()
+            status, answer, _ = await post(app, nested)
+            assert (status, answer) == (200, b"items: 100000")
+            young, _, _ = gc.get_count()
+            assert young < gc.get_threshold()[0]
+            seen_by_the_collector = any(item is marker for item in gc.get_objects())
+            assert seen_by_the_collector is not freeze_first
+    finally:
+        gc.unfreeze()
+        (gc.enable if was_enabled else gc.disable)()
