@@ -9,10 +9,9 @@ hypercorn's asyncio or trio worker, matching the test's backend) must exit with 
 * the streamed body ends cleanly at once (micropie's ``begin_shutdown``), the generator closed;
 * the WebSocket is closed with 1001 (going away) at once;
 * the endless handler is cancelled when ``graceful_timeout`` runs out (its ``except`` and
-  ``finally`` log it), however hypercorn's worker gets there: on the asyncio worker from Python
-  3.12.1 on, micropie cancels the app call itself (hypercorn issue 308), and the question here is
-  whether that is safe on an HTTP/2 connection (hypercorn pull request 374 reports that
-  hypercorn's own cancellation at ``graceful_timeout`` can crash one);
+  ``finally`` log it). On the asyncio worker micropie cancels it (hypercorn issue 308) and the
+  connection then ends the graceful way: an empty 500 that ends the stream, GOAWAY, close. The
+  trio worker cancels the whole connection instead, which the client sees as a plain close;
 * the client sees the connection end rather than hang.
 
 The same holds when the client has reset one of the streams (RST_STREAM) just before SIGTERM.
@@ -24,6 +23,7 @@ import re
 import signal
 import ssl
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -93,21 +93,38 @@ async def wait_for_output(server: CliServer, pattern: str) -> list[re.Match[str]
     return await anyio.to_thread.run_sync(server.wait_for_output, pattern)
 
 
-@pytest.mark.parametrize("reset_before_stop", [None, "endless", "ticks", "idle"])
-async def test_sigterm_ends_every_http2_stream_and_exits_on_time(
-    anyio_backend: str,
+@dataclass
+class Stop:
+    """What a SIGTERM led to: the server's exit and output, what the client received."""
+
+    status: int
+    elapsed: float
+    output: str
+    client: H2Client
+    streams: dict[str, int]
+
+    def response(self, name: str) -> H2Response:
+        return self.client.responses[self.streams[name]]
+
+
+async def sigterm_with_endless_streams(
+    backend: str,
     certificate_authority: trustme.CA,
     tls_files: tuple[str, str],
-    reset_before_stop: str | None,
-) -> None:
+    reset_before_stop: str | None = None,
+) -> Stop:
+    """Serve the endless app on ``backend``, open its three endless streams on one connection,
+    reset ``reset_before_stop`` (if any) and send SIGTERM at once; read until the server
+    closes the connection (bounded) and wait for its exit."""
     certfile, keyfile = tls_files
     module = "tests.support.apps.h2_stopping"
-    with CliServer(spawn_module(module, anyio_backend, certfile, keyfile)) as server:
+    with CliServer(spawn_module(module, backend, certfile, keyfile)) as server:
         port = int((await wait_for_output(server, _RUNNING_ON_HTTPS))[0].group(1))
         context = client_context(certificate_authority)
         async with H2Client.connect("127.0.0.1", port, context) as client:
             with anyio.fail_after(10):
                 ticks = await client.request("GET", "/ticks")
+                # The first chunk: the server's SETTINGS (extended CONNECT allowed) came first.
                 await client.receive_until(lambda: client.responses[ticks].body)
                 endless = await client.request("GET", "/endless")
                 idle = await client.open_websocket("/idle")
@@ -121,24 +138,64 @@ async def test_sigterm_ends_every_http2_stream_and_exits_on_time(
 
             started = time.monotonic()
             server.process.send_signal(signal.SIGTERM)
-            with anyio.move_on_after(STOP_BOUND):
+            with anyio.move_on_after(STOP_BOUND):  # asserted below, with the server's output
                 await client.receive_until_closed()
-            client_done = time.monotonic() - started
-            print({name: client.responses[sid] for name, sid in streams.items()})
-            print(client.terminated, client.goaway_code, client.closed, client_done)
             status = await anyio.to_thread.run_sync(server.wait, STOP_BOUND)
             elapsed = time.monotonic() - started
+    return Stop(status, elapsed, server.output, client, streams)
 
-        output = server.output
-        print(output)
-        print({name: client.responses[sid] for name, sid in streams.items()})
-        print(client.terminated, client.goaway_code, client.closed, client_done, elapsed)
-        assert status == 0, output
-        assert elapsed < STOP_BOUND, output
-        assert "Traceback" not in output, output
-        assert "ERROR" not in output, output
-        for marker in (HANDLER_CANCELLED, HANDLER_ENDED, STREAM_CLOSED, WEBSOCKET_ENDED):
-            assert marker in output, output
-        if reset_before_stop != "idle":
-            assert close_code(client.responses[idle]) == 1001
-        assert client.closed
+
+def assert_clean_stop(stop: Stop) -> None:
+    """Exit 0 on time, nothing logged as an error, every endless piece ended and said how."""
+    assert stop.status == 0, stop.output
+    assert stop.elapsed < STOP_BOUND, stop.output
+    assert "Traceback" not in stop.output, stop.output
+    assert "ERROR" not in stop.output, stop.output
+    for marker in (HANDLER_CANCELLED, HANDLER_ENDED, STREAM_CLOSED, WEBSOCKET_ENDED):
+        assert marker in stop.output, stop.output
+    assert stop.client.closed, (stop.output, stop.client.responses)
+
+
+def assert_ended_by_shutdown(stop: Stop, name: str, backend: str) -> None:
+    """What the client sees of a stream it did not reset."""
+    response = stop.response(name)
+    if name == "ticks":  # the body ends cleanly, at once
+        assert (response.status, response.ended) == (200, True), response
+        assert response.body.startswith(b"tick\n"), response
+    elif name == "idle":  # the WebSocket is closed with 1001, going away
+        assert close_code(response) == 1001, response
+        assert response.ended, response
+    elif backend == "asyncio":  # cancelled before it answered: hypercorn's empty 500, ended
+        assert (response.status, response.ended) == (500, True), response
+    else:
+        # The trio worker cancels the whole connection at graceful_timeout: the stream gets
+        # neither an answer nor a reset, the connection just closes (asserted by the caller).
+        assert not response.ended, response
+
+
+async def test_sigterm_ends_every_http2_stream_and_exits_within_graceful_timeout(
+    anyio_backend: str, certificate_authority: trustme.CA, tls_files: tuple[str, str]
+) -> None:
+    stop = await sigterm_with_endless_streams(anyio_backend, certificate_authority, tls_files)
+    assert_clean_stop(stop)
+    # The endless handler had its grace period, and was cancelled when it ran out.
+    assert stop.elapsed >= GRACEFUL_TIMEOUT, stop.output
+    if anyio_backend == "asyncio":  # micropie's deadline (hypercorn's trio worker has its own)
+        assert "Cancelled 1 requests still running after graceful_timeout" in stop.output
+        assert stop.client.goaway_code == 0, stop.client  # GOAWAY, NO_ERROR, before the close
+    for name in ("ticks", "idle", "endless"):
+        assert_ended_by_shutdown(stop, name, anyio_backend)
+
+
+@pytest.mark.parametrize("reset", ["endless", "ticks", "idle"])
+async def test_a_stream_reset_just_before_sigterm_changes_nothing_for_the_others(
+    anyio_backend: str, certificate_authority: trustme.CA, tls_files: tuple[str, str], reset: str
+) -> None:
+    stop = await sigterm_with_endless_streams(
+        anyio_backend, certificate_authority, tls_files, reset_before_stop=reset
+    )
+    assert_clean_stop(stop)
+    for name in {"ticks", "idle", "endless"} - {reset}:
+        assert_ended_by_shutdown(stop, name, anyio_backend)
+    if reset == "endless":  # nothing was left for graceful_timeout to cancel
+        assert stop.elapsed < GRACEFUL_TIMEOUT, stop.output

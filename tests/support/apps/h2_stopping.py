@@ -71,7 +71,7 @@ app = EndlessApp()
 
 def main(backend: str, certfile: str, keyfile: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(relativeCreated)d [%(levelname)s] %(name)s: %(message)s"))
+    handler.setFormatter(logging.Formatter("%(relativeCreated)d ms [%(levelname)s] %(message)s"))
     for name in ("micropie", "h2_stopping"):
         logging.getLogger(name).addHandler(handler)
         logging.getLogger(name).setLevel(logging.INFO)
