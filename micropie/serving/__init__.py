@@ -58,6 +58,7 @@ from micropie.serving.hypercorn_glue import (
     create_sockets,
     fix_hypercorn_trio_send_eof,
     make_config,
+    worker_config,
     worker_serve_for_current_backend,
     wrap,
 )
@@ -218,7 +219,10 @@ async def _serve_until_stopped(
                 async with anyio.create_task_group() as deadline:
                     deadline.start_soon(enforce_graceful_timeout)
                     await worker_serve(
-                        hypercorn_app, config, sockets=sockets, shutdown_trigger=stop.wait
+                        hypercorn_app,
+                        worker_config(config),
+                        sockets=sockets,
+                        shutdown_trigger=stop.wait,
                     )
                     deadline.cancel_scope.cancel()
         except Exception as exc:

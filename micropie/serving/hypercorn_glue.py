@@ -15,12 +15,14 @@ Two defects of hypercorn itself are worked around here:
   app does (``fix_hypercorn_trio_send_eof``, applied by ``serve`` and by a micropie ``App``'s
   lifespan startup; docs/hypercorn-trio-send-eof.md has the details and the upstream report).
 * Its asyncio worker ignores ``graceful_timeout`` on Python >= 3.12.1 while a request is
-  still running (``StartupWatcher.cancel_app_calls``).
+  still running (``StartupWatcher.cancel_app_calls``), and on older Pythons it cancels whole
+  connections at that moment instead of the app calls on them (``worker_config``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import inspect
 import logging
@@ -49,6 +51,7 @@ __all__ = [
     "fix_hypercorn_trio_send_eof",
     "fix_loaded_hypercorn",
     "make_config",
+    "worker_config",
     "worker_serve_for_current_backend",
     "wrap",
 ]
@@ -225,6 +228,31 @@ def worker_serve_for_current_backend() -> Callable[..., Awaitable[None]]:
     from hypercorn.asyncio.run import worker_serve as asyncio_worker_serve
 
     return asyncio_worker_serve
+
+
+#: How long after micropie cancels the app calls still running at ``graceful_timeout`` hypercorn's
+#: asyncio worker may cancel the connections still open: a backstop for a client that does not
+#: close its end, given time to spare for one that does.
+CONNECTION_CANCEL_DELAY = 1.0
+
+
+def worker_config(config: Config) -> Config:
+    """The ``Config`` hypercorn's worker loop for the running event loop gets.
+
+    On asyncio, a copy whose ``graceful_timeout`` ends ``CONNECTION_CANCEL_DELAY`` later: when
+    ``graceful_timeout`` runs out, micropie cancels the app calls still running
+    (``StartupWatcher.cancel_app_calls``), and each connection then ends the way hypercorn ends
+    it after a response (HTTP/2: the stream's end, GOAWAY, close). Below Python 3.12.1 the worker
+    would cancel the connections' tasks at that same moment, and the race cuts HTTP/2
+    connections mid-stream (no END_STREAM, no GOAWAY) and, on Python 3.11, logs a traceback from
+    ``asyncio.streams`` for each. The trio worker cancels app calls and connections together in
+    one cancel scope, so its config is left as it is.
+    """
+    if _current_backend() == "trio":
+        return config
+    delayed = copy.copy(config)
+    delayed.graceful_timeout = config.graceful_timeout + CONNECTION_CANCEL_DELAY
+    return delayed
 
 
 def _current_backend() -> str:

@@ -10,7 +10,10 @@ httpx closes an HTTP/2 response early without telling the server (no RST_STREAM)
 
 It runs over an anyio TLS stream, so it works on asyncio and trio alike. It answers the
 server's SETTINGS and PINGs and gives back flow-control credit for every DATA frame it reads.
-Callers bound every ``receive_until`` with ``anyio.fail_after``.
+Callers bound every ``receive_until`` and ``receive_until_closed`` with ``anyio.fail_after``.
+
+``open_websocket`` starts a WebSocket over HTTP/2 (RFC 8441's extended CONNECT); the frames the
+server sends arrive as the stream's ``body``.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ class H2Response:
     body: bytes = b""
     ended: bool = False
     reset_by_server: bool = False
+    #: The error code of the server's RST_STREAM, when it sent one.
+    reset_code: int | None = None
 
     @property
     def status(self) -> int:
@@ -53,7 +58,11 @@ class H2Client:
             h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
         )
         self.responses: dict[int, H2Response] = {}
+        #: The server sent GOAWAY (``goaway_code`` says why).
         self.terminated = False
+        self.goaway_code: int | None = None
+        #: The server closed the connection (TCP/TLS end of stream, or a reset).
+        self.closed = False
 
     @classmethod
     @asynccontextmanager
@@ -80,7 +89,7 @@ class H2Client:
             client._connection.initiate_connection()
             await client._flush()
             yield client
-            if not client.terminated:
+            if not client.terminated and not client.closed:
                 client._connection.close_connection()  # GOAWAY, as a polite client does
                 await client._flush()
 
@@ -101,6 +110,28 @@ class H2Client:
         await self._flush()
         return stream_id
 
+    async def open_websocket(self, path: str) -> int:
+        """Start a WebSocket on a new stream (extended CONNECT); return its stream id.
+
+        The server must have allowed it (SETTINGS_ENABLE_CONNECT_PROTOCOL): receive its SETTINGS
+        first, e.g. by waiting for another response.
+        """
+        stream_id: int = self._connection.get_next_available_stream_id()
+        self._connection.send_headers(
+            stream_id,
+            [
+                (":method", "CONNECT"),
+                (":protocol", "websocket"),
+                (":path", path),
+                (":scheme", "https"),
+                (":authority", self._authority),
+                ("sec-websocket-version", "13"),
+            ],
+        )
+        self.responses[stream_id] = H2Response()
+        await self._flush()
+        return stream_id
+
     async def reset(self, stream_id: int) -> None:
         """Cancel one stream (RST_STREAM, CANCEL), as a browser does when a tab closes."""
         self._connection.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
@@ -115,6 +146,23 @@ class H2Client:
             for event in self._connection.receive_data(data):
                 self._handle(event)
             await self._flush()
+
+    async def receive_until_closed(self) -> None:
+        """Read and handle frames, GOAWAY included, until the server closes the connection, then
+        close this end too, as a browser does (unbounded: wrap in fail_after)."""
+        while not self.closed:
+            try:
+                data = await self._stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                self.closed = True
+                await self._stream.aclose()
+                return
+            for event in self._connection.receive_data(data):
+                self._handle(event)
+            try:
+                await self._flush()
+            except anyio.BrokenResourceError:
+                self.closed = True
 
     def _handle(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.ResponseReceived):
@@ -133,8 +181,10 @@ class H2Client:
         elif isinstance(event, h2.events.StreamReset):
             if event.remote_reset and event.stream_id in self.responses:
                 self.responses[event.stream_id].reset_by_server = True
+                self.responses[event.stream_id].reset_code = event.error_code
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.terminated = True
+            self.goaway_code = event.error_code
 
     async def _flush(self) -> None:
         data = self._connection.data_to_send()
