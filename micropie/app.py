@@ -40,11 +40,12 @@ from micropie.http.responses import (
     error_response,
     is_stream,
     normalise_result,
-    plain_body,
+    plain_response,
     send_plain,
 )
 from micropie.http.streaming import answer_head, send_stream
 from micropie.http.urlencoded import UrlencodedParser
+from micropie.lifetimes.cancel_scopes import deadline_scope
 from micropie.lifetimes.disconnect import ConnectionScope, DisconnectSweeper
 from micropie.lifetimes.lifespan import AppLifetime
 from micropie.lifetimes.policy import APP_DEFAULT, PLAIN
@@ -258,6 +259,8 @@ class App:
         client is gone (logged at DEBUG), never a reason to send anything more."""
         request = Request(scope)
         token = current_request.set(request)
+        in_its_context = True
+        reply: PlainResponse | None = None
         try:
             try:
                 media_type, session_sent = self._check_framing(request)
@@ -274,31 +277,42 @@ class App:
                 if has_a_session and answer is not None and not timed_out and sub_app is None:
                     await self._save_session(request, session, answer[2], connection.client_left)
             except _Answered as answered:
-                await send_plain(send, *answered.response)
-                return
+                reply = answered.response
             except HTTPError as error:
-                await send_plain(send, *error_response(error.status, error.body))
-                return
+                reply = error_response(error.status, error.body)
             except ClientDisconnected:
                 return
             except Exception:
                 logger.exception("Unhandled exception while handling %s", request.path)
-                await send_plain(send, *error_response(500, "500 Internal Server Error"))
-                return
-            if timed_out:
-                await send_plain(send, *error_response(408, bodies.BODY_TIMED_OUT))
-            elif answer is None or connection.client_left:
-                return  # cancelled, or a handler that kept running: there is no one to answer
+                reply = error_response(500, "500 Internal Server Error")
+            else:
+                if timed_out:
+                    reply = error_response(408, bodies.BODY_TIMED_OUT)
+                elif answer is None or connection.client_left:
+                    return  # cancelled, or a handler that kept running: there is no one to answer
+                elif sub_app is None and is_stream(answer[1]):
+                    # in the request's context to the end: the stream's code may use it
+                    await self._stream(request, receive, send, *answer, connection.deadline)
+                    return
+                elif sub_app is None:
+                    reply = plain_response(*answer)
+            # Leave the request's context before the answer goes out: on asyncio a server may
+            # start a timer inside the last send() (hypercorn's keep-alive timer), and a loop
+            # timer keeps the context it was started in, with this request, its body and its
+            # parsed JSON, until its time comes, even once cancelled.
+            current_request.reset(token)
+            in_its_context = False
+            if reply is not None:
+                await send_plain(send, *reply)
             elif sub_app is not None:
                 await self._hand_over(sub_app, request, session, receive, send)
-            else:
-                await self._respond(request, receive, send, *answer, connection.deadline)
         except Exception as error:
             if not is_send_failure(error):
                 raise
             logger.debug("The client left while %s was answered: %r", request.path, error)
         finally:
-            current_request.reset(token)
+            if in_its_context:
+                current_request.reset(token)
 
     # --- the steps of a request ------------------------------------------------------------
 
@@ -495,25 +509,11 @@ class App:
         return handler, plan
 
     def _short_circuit(self, result: dict[str, Any]) -> PlainResponse:
-        status, body, headers = normalise_result(
-            (result.get("status_code", 200), result.get("body", ""), result.get("headers", []))
+        return plain_response(
+            *normalise_result(
+                (result.get("status_code", 200), result.get("body", ""), result.get("headers", []))
+            )
         )
-        return status, encode_headers(headers), plain_body(body)
-
-    def _respond(
-        self,
-        request: Request,
-        receive: Receive,
-        send: Send,
-        status: int,
-        body: Any,
-        headers: list[Any],
-        deadline: float,
-    ) -> Awaitable[None]:
-        """Send the answer (awaitable; a plain one pays for no extra coroutine frame)."""
-        if is_stream(body):
-            return self._stream(request, receive, send, status, body, headers, deadline)
-        return send_plain(send, status, encode_headers(headers), plain_body(body))
 
     async def _stream(
         self,
@@ -529,7 +529,7 @@ class App:
         if request.method == "HEAD":  # headers now; an endless stream must not hold it
             await answer_head(send, status, encode_headers(headers), body)
             return
-        with anyio.CancelScope(deadline=deadline) as time_limit:
+        with deadline_scope(deadline) as time_limit:
             await send_stream(
                 send,
                 receive,

@@ -15,7 +15,6 @@ limit of their own (``App.max_json_size``).
 
 from __future__ import annotations
 
-import contextvars
 import gc
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -83,13 +82,11 @@ async def read_body(
     mistaken for a complete one. Each ``receive()`` may take ``idle_timeout`` seconds: past it,
     ``deadlines`` cancels the reader and the caller answers 408 (``ConnectionScope.timed_out``).
     ``on_chunk`` is awaited with each chunk as it arrives (a parser that works as data comes).
-
-    Each deadline is set outside the request's context (``_outside_the_request``).
     """
     chunks: list[bytes] = []
     size = 0
     while True:
-        _outside_the_request(deadlines.expect_body_within, idle_timeout)
+        deadlines.expect_body_within(idle_timeout)
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientDisconnected
@@ -103,22 +100,6 @@ async def read_body(
                 await on_chunk(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def _outside_the_request(
-    set_deadline: Callable[[float | None], None], seconds: float | None
-) -> None:
-    """Set a body deadline from an empty context, so its timer does not keep the request.
-
-    On asyncio a deadline is a timer, and a timer keeps the context it was scheduled in until
-    its time comes, even once cancelled: the request's context holds ``current_request``, so
-    each body message's timer kept the request, its body and its parsed JSON alive for
-    ``body_timeout`` after the response, and the loop freed them later by the hundred, in one
-    step (a dropped timer at a time, or its whole cancelled share at once). A deadline needs no
-    context variable: the cancellation it delivers goes to the scope's tasks, which run in
-    their own. On trio a deadline is no timer; the empty context costs nothing there.
-    """
-    contextvars.Context().run(set_deadline, seconds)
 
 
 _gc_pause_lock = threading.Lock()

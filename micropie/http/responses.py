@@ -28,6 +28,7 @@ __all__ = [
     "is_stream",
     "normalise_result",
     "plain_body",
+    "plain_response",
     "send_plain",
 ]
 
@@ -175,6 +176,11 @@ def plain_body(body: Any) -> bytes:
 
 #: ``(status, raw headers, body)`` of a complete plain response.
 PlainResponse = tuple[int, RawHeaders, bytes]
+
+
+def plain_response(status: int, body: Any, headers: list[Any]) -> PlainResponse:
+    """A normalised, non-streamed answer (``normalise_result``), ready for ``send_plain``."""
+    return status, encode_headers(headers), plain_body(body)
 
 
 async def send_plain(send: Send, status: int, headers: RawHeaders, body: bytes) -> None:

@@ -26,18 +26,36 @@ serve the connections (``scope_maker_for_running_backend``), and the scope class
 
 This is the only module in micropie that may import ``trio`` or ``asyncio`` for cancellation,
 and it does so lazily, inside the function that chooses.
+
+Deadlines
+---------
+On asyncio a cancel scope's deadline is a loop timer, and a loop timer keeps the context it
+was scheduled in until its time comes, even once cancelled. Set inside a request, that context
+holds the request (``current_request``) with its body and parsed JSON: a body deadline of 5 s
+per body message, or a handler's time limit, kept every request alive for that long after its
+response. ``set_deadline`` and ``deadline_scope`` schedule the timer from an empty context
+instead; what the deadline does (cancel the scope's tasks) needs no context variable. On trio
+a deadline is no timer, and the empty context costs nothing there.
 """
 
 from __future__ import annotations
 
+import contextvars
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Protocol
 
 import anyio
 
-__all__ = ["CancelScopeLike", "ScopeMaker", "scope_maker_for_running_backend"]
+__all__ = [
+    "CancelScopeLike",
+    "ScopeMaker",
+    "deadline_scope",
+    "scope_maker_for_running_backend",
+    "set_deadline",
+]
 
 
 class CancelScopeLike(Protocol):
@@ -109,3 +127,23 @@ def _direct_scope_maker(backend_class: type[anyio.CancelScope]) -> ScopeMaker | 
     if type(made) is not backend_class or made.deadline != math.inf:
         return None
     return backend_class
+
+
+def set_deadline(scope: CancelScopeLike, deadline: float) -> None:
+    """``scope.deadline = deadline``, with its timer scheduled outside the caller's context
+    (see "Deadlines" in the module docstring)."""
+    contextvars.Context().run(_assign_deadline, scope, deadline)
+
+
+def _assign_deadline(scope: CancelScopeLike, deadline: float) -> None:
+    scope.deadline = deadline
+
+
+@contextmanager
+def deadline_scope(deadline: float) -> Iterator[anyio.CancelScope]:
+    """``with anyio.CancelScope(deadline=deadline)``, its timer scheduled outside the caller's
+    context (a scope's timer starts when it is entered, so the deadline is set just after)."""
+    with anyio.CancelScope() as scope:
+        if deadline != math.inf:
+            set_deadline(scope, deadline)
+        yield scope

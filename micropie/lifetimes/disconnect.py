@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import logging
 import math
+from contextlib import AbstractContextManager
 from types import TracebackType
 
 import anyio
@@ -59,7 +60,7 @@ import anyio.lowlevel
 
 from micropie.core.concurrency import collapse_excgroups
 from micropie.core.types import Message, Receive
-from micropie.lifetimes.cancel_scopes import CancelScopeLike
+from micropie.lifetimes.cancel_scopes import CancelScopeLike, deadline_scope, set_deadline
 from micropie.lifetimes.sweeper import SWEEP_INTERVAL, DisconnectSweeper, clock
 
 __all__ = [
@@ -177,7 +178,7 @@ class ConnectionScope:
         """The next body message must arrive within ``seconds`` (``None``: no limit)."""
         if self._task_group is not None:
             deadline = math.inf if seconds is None else anyio.current_time() + seconds
-            self.cancel_scope.deadline = deadline
+            set_deadline(self.cancel_scope, deadline)
         elif seconds is None:
             self._body_deadline = None
         else:
@@ -203,7 +204,7 @@ class ConnectionScope:
         self._body_deadline = None
         deadline = anyio.current_time() + grace
         if deadline < self.cancel_scope.deadline:
-            self.cancel_scope.deadline = deadline
+            set_deadline(self.cancel_scope, deadline)
 
     def sweep(self, now: float, new_round: bool, task_group: anyio.abc.TaskGroup) -> float:
         """The sweeper's call (``sweeper.Swept``): a reading request past its body deadline
@@ -243,11 +244,11 @@ class ConnectionScope:
         """
         self._keep_running = True
 
-    def time_limit(self, seconds: float) -> anyio.CancelScope:
+    def time_limit(self, seconds: float) -> AbstractContextManager[anyio.CancelScope]:
         """A cancel scope for the handler, ending ``seconds`` from now; ``deadline`` keeps the
         time, by which a streamed response must also have been sent."""
         self.deadline = anyio.current_time() + seconds
-        return anyio.CancelScope(deadline=self.deadline)
+        return deadline_scope(self.deadline)
 
     def _watch_now(self) -> None:
         """Someone asks whether the client left: watch from now on, not from the next sweep.
