@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.support.broadcast_fixtures import channel, url  # noqa: F401 - the broadcast tests' fixtures
+from tests.support.tls import certificate_authority, tls_files  # noqa: F401 - the HTTP/2 tests' fixtures
 
 
 @pytest.fixture(params=["asyncio", "trio"])

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import ssl
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -27,6 +25,7 @@ from micropie.http.sse import ServerSentEvent, sse
 from tests.support.apps.common_routes import CommonRoutes
 from tests.support.h2_client import H2Client
 from tests.support.servers import running_server
+from tests.support.tls import client_context
 
 pytestmark = pytest.mark.anyio
 
@@ -81,30 +80,6 @@ class Http2App(CommonRoutes, App):
                 self.endless_closed.set()
 
         return ticks()
-
-
-@pytest.fixture(scope="module")
-def certificate_authority() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def tls_files(
-    certificate_authority: trustme.CA, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, str]:
-    """``certfile``/``keyfile`` options for hypercorn: a certificate for localhost and 127.0.0.1."""
-    folder: Path = tmp_path_factory.mktemp("tls")
-    certificate = certificate_authority.issue_cert("localhost", "127.0.0.1")
-    certfile, keyfile = folder / "cert.pem", folder / "key.pem"
-    certfile.write_bytes(b"".join(pem.bytes() for pem in certificate.cert_chain_pems))
-    certificate.private_key_pem.write_to_path(str(keyfile))
-    return {"certfile": str(certfile), "keyfile": str(keyfile)}
-
-
-def client_context(certificate_authority: trustme.CA) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    certificate_authority.configure_trust(context)
-    return context
 
 
 async def test_routes_json_upload_stream_and_events_over_http2(

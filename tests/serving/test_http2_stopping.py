@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import re
 import signal
-import ssl
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import anyio
 import anyio.to_thread
@@ -42,6 +40,7 @@ from tests.support.apps.h2_stopping import (
 )
 from tests.support.h2_client import H2Client, H2Response
 from tests.support.servers import CliServer, spawn_module
+from tests.support.tls import client_context
 
 pytestmark = pytest.mark.anyio
 
@@ -51,30 +50,6 @@ GRACEFUL_TIMEOUT = 3.0
 STOP_BOUND = GRACEFUL_TIMEOUT + 2
 
 _RUNNING_ON_HTTPS = r"Running on https://127\.0\.0\.1:(\d+)"
-
-
-@pytest.fixture(scope="module")
-def certificate_authority() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def tls_files(
-    certificate_authority: trustme.CA, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[str, str]:
-    """``(certfile, keyfile)`` for the server: a certificate for localhost and 127.0.0.1."""
-    folder: Path = tmp_path_factory.mktemp("tls")
-    certificate = certificate_authority.issue_cert("localhost", "127.0.0.1")
-    certfile, keyfile = folder / "cert.pem", folder / "key.pem"
-    certfile.write_bytes(b"".join(pem.bytes() for pem in certificate.cert_chain_pems))
-    certificate.private_key_pem.write_to_path(str(keyfile))
-    return str(certfile), str(keyfile)
-
-
-def client_context(certificate_authority: trustme.CA) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    certificate_authority.configure_trust(context)
-    return context
 
 
 def close_code(response: H2Response) -> int | None:
@@ -110,13 +85,13 @@ class Stop:
 async def sigterm_with_endless_streams(
     backend: str,
     certificate_authority: trustme.CA,
-    tls_files: tuple[str, str],
+    tls_files: dict[str, str],
     reset_before_stop: str | None = None,
 ) -> Stop:
     """Serve the endless app on ``backend``, open its three endless streams on one connection,
     reset ``reset_before_stop`` (if any) and send SIGTERM at once; read until the server
     closes the connection (bounded) and wait for its exit."""
-    certfile, keyfile = tls_files
+    certfile, keyfile = tls_files["certfile"], tls_files["keyfile"]
     module = "tests.support.apps.h2_stopping"
     with CliServer(spawn_module(module, backend, certfile, keyfile)) as server:
         port = int((await wait_for_output(server, _RUNNING_ON_HTTPS))[0].group(1))
@@ -174,7 +149,7 @@ def assert_ended_by_shutdown(stop: Stop, name: str, backend: str) -> None:
 
 
 async def test_sigterm_ends_every_http2_stream_and_exits_within_graceful_timeout(
-    anyio_backend: str, certificate_authority: trustme.CA, tls_files: tuple[str, str]
+    anyio_backend: str, certificate_authority: trustme.CA, tls_files: dict[str, str]
 ) -> None:
     stop = await sigterm_with_endless_streams(anyio_backend, certificate_authority, tls_files)
     assert_clean_stop(stop)
@@ -189,7 +164,7 @@ async def test_sigterm_ends_every_http2_stream_and_exits_within_graceful_timeout
 
 @pytest.mark.parametrize("reset", ["endless", "ticks", "idle"])
 async def test_a_stream_reset_just_before_sigterm_changes_nothing_for_the_others(
-    anyio_backend: str, certificate_authority: trustme.CA, tls_files: tuple[str, str], reset: str
+    anyio_backend: str, certificate_authority: trustme.CA, tls_files: dict[str, str], reset: str
 ) -> None:
     stop = await sigterm_with_endless_streams(
         anyio_backend, certificate_authority, tls_files, reset_before_stop=reset
