@@ -137,24 +137,15 @@ async def request_then_drop(url: str, path: str, started: anyio.Event) -> float:
     return dropped_at
 
 
-async def test_a_plain_handler_is_cancelled_when_its_client_drops_the_connection() -> None:
+@pytest.mark.parametrize("path", ["/plain", "/grouped"], ids=["plain", "task-group-inside"])
+async def test_a_handler_is_cancelled_when_its_client_drops_the_connection(path: str) -> None:
+    """With a task group of its own (``/grouped``), its child is cancelled with it."""
     app = Orders()
     async with running_server(app) as url:
-        await request_then_drop(url, "/plain", app.started)
+        await request_then_drop(url, path, app.started)
         with anyio.fail_after(PROMPTLY):
             await app.cancelled.wait()
-        app.release.set()
-        async with httpx.AsyncClient(base_url=url) as client:
-            assert (await client.get("/record")).text == ""
-
-
-async def test_a_task_group_in_a_handler_is_cancelled_when_its_client_drops() -> None:
-    app = Orders()
-    async with running_server(app) as url:
-        await request_then_drop(url, "/grouped", app.started)
-        with anyio.fail_after(PROMPTLY):
-            await app.cancelled.wait()
-        assert app.child_cancelled.is_set()
+        assert app.child_cancelled.is_set() == (path == "/grouped")
         app.release.set()
         async with httpx.AsyncClient(base_url=url) as client:
             assert (await client.get("/record")).text == ""
