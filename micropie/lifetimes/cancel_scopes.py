@@ -24,8 +24,10 @@ serve the connections (``scope_maker_for_running_backend``), and the scope class
 * **anything else**, or whenever one of these assumptions does not hold for the installed
   anyio or trio: ``anyio.CancelScope``, anyio's public API.
 
-This is the only module in micropie that may import ``trio`` or ``asyncio`` for cancellation,
-and it does so lazily, inside the function that chooses.
+Apart from the hypercorn glue (``serving.hypercorn_glue``, which patches the server's own
+backend-specific workers), this is the only module in micropie that may import ``trio`` or
+``asyncio`` (an import-linter contract in ``pyproject.toml`` says so), and it does so lazily,
+inside the function that chooses.
 
 Deadlines
 ---------
