@@ -24,10 +24,11 @@ serve the connections (``scope_maker_for_running_backend``), and the scope class
 * **anything else**, or whenever one of these assumptions does not hold for the installed
   anyio or trio: ``anyio.CancelScope``, anyio's public API.
 
-Apart from the hypercorn glue (``serving.hypercorn_glue``, which patches the server's own
-backend-specific workers), this is the only module in micropie that may import ``trio`` or
-``asyncio`` (an import-linter contract in ``pyproject.toml`` says so), and it does so lazily,
-inside the function that chooses.
+This is the only module in micropie that may import ``trio`` or ``asyncio`` (an import-linter
+contract in ``pyproject.toml`` says so), and it does so lazily, inside the functions that
+choose. The one other backend-native need, the hypercorn glue's (it acts on the server's own
+tasks: cancelling asyncio app calls, telling whose turn a trio lock is), is served from here
+too (``native_current_task``).
 
 Deadlines
 ---------
@@ -47,7 +48,7 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 
@@ -55,6 +56,7 @@ __all__ = [
     "CancelScopeLike",
     "ScopeMaker",
     "deadline_scope",
+    "native_current_task",
     "scope_maker_for_running_backend",
     "set_deadline",
 ]
@@ -149,3 +151,16 @@ def deadline_scope(deadline: float) -> Iterator[anyio.CancelScope]:
         if deadline != math.inf:
             set_deadline(scope, deadline)
         yield scope
+
+
+def native_current_task(backend: str) -> Callable[[], Any]:
+    """The function that returns the calling task as ``backend`` itself knows it
+    (``asyncio.current_task`` or ``trio.lowlevel.current_task``), looked up once by the caller:
+    for code that must act on a server's own tasks, which anyio's API does not expose."""
+    if backend == "trio":
+        import trio
+
+        return trio.lowlevel.current_task
+    import asyncio
+
+    return asyncio.current_task

@@ -21,7 +21,6 @@ Two defects of hypercorn itself are worked around here:
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import hashlib
 import inspect
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING, Any, cast
 import anyio
 
 from micropie.core.types import ASGIApp, Message, Receive, Scope, Send
+from micropie.lifetimes.cancel_scopes import native_current_task
 
 if TYPE_CHECKING:
     from hypercorn.config import Config, Sockets
@@ -96,9 +96,10 @@ class StartupWatcher:
         #: The message of a ``lifespan.shutdown.failed``: hypercorn's asyncio worker raises for
         #: it and its trio worker does not, so ``serve`` raises it itself, alike on both.
         self.shutdown_failure: str | None = None
-        self._app_calls: weakref.WeakSet[asyncio.Task[Any]] | None = None
+        self._app_calls: weakref.WeakSet[Any] | None = None  # of asyncio tasks
         if _current_backend() == "asyncio":
             self._app_calls = weakref.WeakSet()
+            self._current_task = native_current_task("asyncio")
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         """The app's own call for a connection: no frame of ours in every request's stack
@@ -106,7 +107,7 @@ class StartupWatcher:
         if scope["type"] != "lifespan":
             if self._app_calls is not None:
                 # Called synchronously by hypercorn's per-request task: that task is the call.
-                task = asyncio.current_task()
+                task = self._current_task()
                 if task is not None:
                     self._app_calls.add(task)
             return self.app(scope, receive, send)
@@ -329,12 +330,12 @@ def _close_under_send_lock(
     close: Callable[[Any], Awaitable[None]],
 ) -> Callable[[Any], Awaitable[None]]:
     """Hypercorn's trio ``TCPServer._close``, taking ``send_lock`` for its ``send_eof()``."""
-    import trio
+    current_task = native_current_task("trio")
 
     async def _close(server: Any) -> None:
-        lock: trio.Lock = server.send_lock
+        lock = server.send_lock  # a trio.Lock
         owner = lock.statistics().owner
-        if owner is trio.lowlevel.current_task():
+        if owner is current_task():
             await close(server)  # inside protocol_send: no other task can be sending
         elif owner is not None:
             await server.stream.aclose()  # another task is sending: no EOF, as hypercorn does

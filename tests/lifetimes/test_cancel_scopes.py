@@ -19,6 +19,7 @@ import pytest
 from micropie.lifetimes.cancel_scopes import (
     ScopeMaker,
     _direct_scope_maker,
+    native_current_task,
     scope_maker_for_running_backend,
 )
 from micropie.lifetimes.sweeper import DisconnectSweeper
@@ -38,6 +39,18 @@ async def test_the_backends_own_scope_class_is_chosen(anyio_backend: str) -> Non
     scope = make_scope()
     assert scope.deadline == math.inf
     assert not scope.cancel_called
+
+
+async def test_the_native_current_task_is_the_backends_own(anyio_backend: str) -> None:
+    current_task = native_current_task(anyio_backend)
+    if anyio_backend == "trio":
+        import trio
+
+        assert current_task() is trio.lowlevel.current_task()
+    else:
+        import asyncio
+
+        assert current_task() is asyncio.current_task()
 
 
 def test_a_class_that_would_dispatch_again_falls_back_to_anyio() -> None:
