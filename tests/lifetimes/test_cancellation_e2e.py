@@ -16,20 +16,10 @@ import httpx
 import pytest
 
 from micropie import shielded, time_limit
-from tests.support.apps.cancellation import Work
+from tests.support.apps.cancellation import EARLY, LATE, NOTICED_WITHIN, PROMPTLY, Work
 from tests.support.servers import running_server
 
 pytestmark = pytest.mark.anyio
-
-#: A dropped connection reaches the handler within two 50 ms sweeps; generous under load.
-PROMPTLY = 1.0
-#: The documented guarantee (docs/lifetimes.md): a handler learns within 100 ms that its
-#: client left.
-NOTICED_WITHIN = 0.1
-#: What a loaded machine may add to a documented time (the tests assert "no later than").
-LATE = 0.3
-#: How early a deadline may seem to fire: the handler reads the clock a moment after it started.
-EARLY = 0.05
 
 
 class Orders(Work):

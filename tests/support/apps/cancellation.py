@@ -1,7 +1,8 @@
 """``Work``: an app whose handlers wait for the test to release them and record how they ended.
 
-The cancellation tests use it in process (tests/lifetimes/test_cancellation.py) and on hypercorn
-(tests/lifetimes/test_cancellation_e2e.py, which adds the routes only a real server needs).
+The cancellation tests use it, and the time bounds below, in process
+(tests/lifetimes/test_cancellation.py) and on hypercorn (tests/lifetimes/test_cancellation_e2e.py,
+which adds the routes only a real server needs).
 """
 
 from __future__ import annotations
@@ -11,6 +12,17 @@ from typing import Any
 import anyio
 
 from micropie import App, shielded
+
+#: A client that leaves (or drops its connection) is seen within two 50 ms sweeps; generous
+#: under load.
+PROMPTLY = 1.0
+#: The documented guarantee (docs/lifetimes.md): a handler learns within 100 ms that its
+#: client left.
+NOTICED_WITHIN = 0.1
+#: What a loaded machine may add to a documented time (the tests assert "no later than").
+LATE = 0.3
+#: How early a deadline may seem to fire: the handler reads the clock a moment after it started.
+EARLY = 0.05
 
 
 class Work(App):
